@@ -1,0 +1,97 @@
+"""kernelgen: verified Triton kernels as drop-in ATen overrides.
+
+    import kernelgen
+    kernelgen.enable()                      # verified and faster ops replace ATen kernels on this GPU
+    with kernelgen.use(include=["rms_norm"]):
+        ...
+    kernelgen.disable()
+
+    y = kernelgen.ops.rms_norm(x, weight, 1e-6)   # call a library op directly
+
+This module imports only torch and triton (through the library loader); the generator, retrieval and
+CLI live in submodules that are imported on demand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+__version__ = "0.1.0"
+
+
+def enable(backend=None, include=None, exclude=None, policy="verified", library=None) -> list[str]:
+    """Route covered ATen ops to library kernels on `backend` (default: the accelerator present).
+
+    policy: "verified" (fresh passing record, faster than eager on every recorded shape),
+    "correct" (fresh passing record, any speed) or "all" (everything, for development).
+    Returns the names of the ops switched on. With no accelerator and no backend named, does nothing
+    and warns once."""
+    from kernelgen import aten
+
+    return aten.enable(backend=backend, include=include, exclude=exclude, policy=policy, library=library)
+
+
+def disable(backend=None) -> None:
+    """Remove the overrides; ATen's own kernels are used again."""
+    from kernelgen import aten
+
+    aten.disable(backend)
+
+
+@contextlib.contextmanager
+def use(backend=None, include=None, exclude=None, policy="verified", library=None):
+    """`enable(...)` for the duration of a `with` block; restores what was registered before."""
+    from kernelgen import aten
+    from kernelgen.backends import default_backend, get_backend
+
+    be = get_backend(backend) if backend else default_backend()
+    before = aten._active.get(be.dispatch_key) if be else None
+    prev = None
+    if before is not None:
+        prev = (before.backend.name, sorted(before.ops))
+    enabled_ops = enable(backend, include, exclude, policy, library)
+    try:
+        yield enabled_ops
+    finally:
+        if be is not None:
+            aten.disable(be.name)
+            if prev is not None:
+                aten.enable(prev[0], include=prev[1], policy="all", library=library)
+
+
+def status() -> dict:
+    """What is enabled now, per backend, with call counters."""
+    from kernelgen import aten
+
+    return aten.enabled()
+
+
+class _Ops:
+    """`kernelgen.ops.NAME(...)`: the launcher of a library op, for the accelerator present
+    (the interpreter backend when there is none)."""
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        from kernelgen.backends import default_backend
+        from kernelgen.errors import OpNotFound
+        from kernelgen.library import get_op
+
+        try:
+            op = get_op(name)
+        except OpNotFound as exc:
+            raise AttributeError(str(exc)) from None
+        from kernelgen.backends import get_backend
+
+        (default_backend() or get_backend("interpreter")).prepare()
+        return op.launcher()
+
+    def __dir__(self):
+        from kernelgen.library import discover
+
+        return [o.name for o in discover() if not o.broken]
+
+
+ops = _Ops()
+
+__all__ = ["enable", "disable", "use", "status", "ops", "__version__"]

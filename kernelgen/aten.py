@@ -1,0 +1,145 @@
+"""ATen overrides: registering library launchers through `torch.library` for one backend's dispatch key.
+
+For each selected op and each `aten::` overload in its spec, the op's adapter (a function in kernel.py
+that takes the ATen arguments) is registered with `torch.library.Library("aten", "IMPL")`. The adapter
+returns NotImplemented for cases the kernel does not cover (another dtype, several normalized dims...);
+those, and any call that needs autograd, go to the kernel ATen had before, so enabling the library never
+changes what a model can do, only how fast it runs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from kernelgen.backends import default_backend, get_backend
+from kernelgen.backends.base import Backend
+from kernelgen.library import Op, discover, op_status
+
+POLICIES = ("verified", "correct", "all")
+
+
+@dataclass
+class Registration:
+    backend: Backend
+    library: torch.library.Library
+    ops: dict[str, list[str]] = field(default_factory=dict)  # op name -> overloads registered
+    calls: Counter = field(default_factory=Counter)  # op name -> calls served by our kernel
+    fallbacks: Counter = field(default_factory=Counter)  # op name -> calls handed back to ATen
+
+
+_active: dict[str, Registration] = {}  # dispatch key -> registration
+_warned_no_backend = False
+
+
+def policy_allows(op: Op, backend: Backend, policy: str) -> tuple[bool, str]:
+    """Whether `policy` lets this op be switched on for `backend`, and why not."""
+    if op.broken:
+        return False, op.error
+    if not op.spec.aten:
+        return False, "overrides no ATen op"
+    if policy == "all":
+        return True, ""
+    st = op_status(op, backend.name)
+    if st["status"] != "verified":
+        return False, f"{st['status']} on {backend.name}"
+    if policy == "correct":
+        return True, ""
+    rec = op.record(backend.name) or {}
+    if not backend.measures_performance:
+        return False, f"{backend.name} has no speed figures; use policy='correct'"
+    slowest = rec.get("min_speedup_vs_eager")
+    if slowest is None or slowest < 1.0:
+        return False, f"not faster than eager on every recorded shape (slowest {slowest})"
+    return True, ""
+
+
+def _make_impl(reg: Registration, op_name: str, adapter, original, at_autograd_key: bool):
+    def impl(keyset, *args, **kwargs):
+        if at_autograd_key and torch.is_grad_enabled() and any(
+            isinstance(a, torch.Tensor) and a.requires_grad for a in args
+        ):
+            reg.fallbacks[op_name] += 1  # our kernels are forward-only: ATen's decomposition keeps autograd
+            return original.call_boxed(keyset, *args, **kwargs)
+        out = adapter(*args, **kwargs)
+        if out is NotImplemented:
+            reg.fallbacks[op_name] += 1
+            return original.call_boxed(keyset, *args, **kwargs)
+        reg.calls[op_name] += 1
+        return out
+
+    return impl
+
+
+def enable(
+    backend: str | None = None, include: list[str] | None = None, exclude: list[str] | None = None,
+    policy: str = "verified", library: list[str] | None = None,
+) -> list[str]:
+    """Register the selected library ops for the backend; returns the names of the ops switched on."""
+    global _warned_no_backend
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+    if backend is None:
+        be = default_backend()
+        if be is None:
+            if not _warned_no_backend:
+                warnings.warn("kernelgen.enable(): no accelerator found; nothing enabled "
+                              "(pass backend='interpreter' to run kernels on the CPU)", stacklevel=2)
+                _warned_no_backend = True
+            return []
+    else:
+        be = get_backend(backend)
+        if not be.available():
+            raise RuntimeError(f"backend {be.name!r} is not available on this machine")
+    disable(be.name)
+    be.prepare()
+    ops = discover(library)
+    known = {o.name for o in ops}
+    unknown = sorted(set(include or []) - known) + sorted(set(exclude or []) - known)
+    if unknown:
+        raise ValueError(f"unknown op(s) {unknown}; see `kernelgen list`")
+    lib = torch.library.Library("aten", "IMPL")
+    reg = Registration(be, lib)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Overriding a previously registered kernel.*")
+        for op in ops:
+            if (include is not None and op.name not in include) or op.name in (exclude or []):
+                continue
+            ok, _why = policy_allows(op, be, policy)
+            if not ok:
+                continue
+            module = op.module()
+            for ov in op.spec.aten:
+                qualified = ov.overload.removeprefix("aten::")
+                # An op ATen implements as a decomposition (CompositeImplicitAutograd, e.g. rms_norm) has no
+                # autograd formula of its own: we take its place at the backend's autograd key, so a call
+                # that needs gradients still gets the differentiable decomposition.
+                composite = torch._C._dispatch_has_kernel_for_dispatch_key(ov.overload, "CompositeImplicitAutograd")
+                key = f"Autograd{be.dispatch_key}" if composite else be.dispatch_key
+                original = torch.library.get_kernel(ov.overload, key)
+                impl = _make_impl(reg, op.name, getattr(module, ov.adapter), original, composite)
+                lib.impl(qualified, impl, key, with_keyset=True)
+                reg.ops.setdefault(op.name, []).append(ov.overload)
+    _active[be.dispatch_key] = reg
+    return sorted(reg.ops)
+
+
+def disable(backend: str | None = None) -> None:
+    """Remove the overrides (of one backend, or all): ATen's own kernels are back."""
+    keys = list(_active) if backend is None else [get_backend(backend).dispatch_key]
+    for key in keys:
+        reg = _active.pop(key, None)
+        if reg is not None:
+            reg.library._destroy()
+
+
+def enabled() -> dict[str, Any]:
+    """What is switched on now: {backend: {op: [overloads]}}, plus call counters for each op."""
+    return {
+        reg.backend.name: {"ops": dict(reg.ops), "calls": dict(reg.calls), "fallbacks": dict(reg.fallbacks)}
+        for reg in _active.values()
+    }

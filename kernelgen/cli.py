@@ -1,0 +1,116 @@
+"""The `kernelgen` command. Thin: parse arguments, call the library, print (rich) or emit JSON.
+
+Errors a user can cause print one line and exit with code 2; nothing is written before arguments check out.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kernelgen.errors import KernelgenError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Generate, verify and ship Triton kernels.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """One line on stderr, then exit (2: bad input)."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def emit_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def _backend_names(backend: list[str] | None) -> list[str]:
+    from kernelgen.backends import backend_names
+
+    names = backend or backend_names()
+    unknown = [b for b in names if b not in backend_names()]
+    if unknown:
+        fail(f"unknown backend {unknown[0]!r}; known: {', '.join(backend_names())}")
+    return names
+
+
+STATUS_STYLE = {"verified": "green", "stale": "yellow", "failing": "red", "unverified": "dim", "broken": "bold red"}
+
+
+@app.command("list")
+def list_ops(
+    backend: list[str] | None = typer.Option(None, "--backend", "-b", help="Backend(s) to show (default: all)."),
+    library: list[str] | None = typer.Option(None, "--library", help="Extra library folder(s) to include."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Every library op: the ATen overloads it overrides and, per backend, its verification status."""
+    from kernelgen.library import discover, op_status
+
+    names = _backend_names(backend)
+    rows = []
+    for op in discover(library):
+        row = {
+            "name": op.name,
+            "path": str(op.path),
+            "aten": [a.overload for a in op.spec.aten] if op.spec else [],
+            "broken": op.broken,
+            "reason": op.error,
+            "backends": {b: op_status(op, b) for b in names},
+        }
+        rows.append(row)
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table(title=f"kernelgen library ({len(rows)} ops)")
+    table.add_column("op", style="bold")
+    table.add_column("overrides")
+    for b in names:
+        table.add_column(b)
+    for row in rows:
+        if row["broken"]:
+            table.add_row(row["name"], "", *[f"[bold red]broken[/]: {row['reason']}"] + [""] * (len(names) - 1))
+            continue
+        cells = []
+        for b in names:
+            st = row["backends"][b]
+            text = f"[{STATUS_STYLE[st['status']]}]{st['status']}[/]"
+            if st.get("speedup"):
+                text += f" {st['speedup']:.2f}x"
+            cells.append(text)
+        table.add_row(row["name"], ", ".join(row["aten"]) or "-", *cells)
+    console.print(table)
+
+
+@app.command("backends")
+def list_backends(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Known backends (built-in and plugins) and whether each is available here."""
+    from kernelgen.backends import all_backends
+
+    infos = [b.info() for b in all_backends()]
+    if as_json:
+        emit_json(infos)
+        return
+    table = Table(title="backends")
+    for col in ("name", "available", "dispatch key", "dtypes", "description"):
+        table.add_column(col)
+    for i in infos:
+        avail = "[green]yes[/]" if i["available"] else "[dim]no[/]"
+        table.add_row(i["name"], avail, i["dispatch_key"], ", ".join(i["dtypes"]), i["description"])
+    console.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except KernelgenError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

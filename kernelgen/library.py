@@ -1,0 +1,242 @@
+"""The op library on disk: finding op folders, loading their kernels, verification records, atomic merge.
+
+Layout of one op folder (`library/ops/<name>/`):
+    kernel.py               @triton.jit kernels + a plain launcher per public function (+ ATen adapters)
+    spec.toml               the OpSpec
+    verified/<backend>.json written only by the verifier
+    tune/<backend>.json     optional launch parameters for that backend
+
+Library roots, searched in order: the paths in KERNELGEN_LIBRARY (os.pathsep-separated), then the
+library shipped with the package. An op name found in an earlier root shadows later ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kernelgen.errors import OpNotFound, SpecError
+from kernelgen.spec import OpSpec, load_spec, save_spec
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def builtin_library() -> Path:
+    """The library shipped with kernelgen: inside the wheel, or at the repository root in a checkout."""
+    installed = PACKAGE_DIR / "library"
+    return installed if installed.is_dir() else PACKAGE_DIR.parent / "library"
+
+
+def library_roots(extra: list[str | Path] | None = None) -> list[Path]:
+    roots = [Path(p) for p in (extra or [])]
+    env = os.environ.get("KERNELGEN_LIBRARY", "")
+    roots += [Path(p) for p in env.split(os.pathsep) if p]
+    roots.append(builtin_library())
+    seen, out = set(), []
+    for r in roots:
+        r = r.expanduser().resolve()
+        if r not in seen:
+            seen.add(r)
+            out.append(r)
+    return out
+
+
+def ops_dir(root: Path) -> Path:
+    """`<root>/ops` if the root is a library folder, else the root itself (a folder of op folders)."""
+    return root / "ops" if (root / "ops").is_dir() else root
+
+
+@dataclass
+class Op:
+    """One op folder. `spec` is None when the folder is broken; `error` then says why."""
+
+    name: str
+    path: Path
+    spec: OpSpec | None = None
+    error: str = ""
+    _module: types.ModuleType | None = field(default=None, repr=False)
+
+    @property
+    def broken(self) -> bool:
+        return self.spec is None
+
+    @property
+    def kernel_path(self) -> Path:
+        return self.path / "kernel.py"
+
+    def source_hash(self) -> str:
+        return source_hash(self.path)
+
+    def module(self) -> types.ModuleType:
+        """kernel.py imported as its own module (once)."""
+        if self._module is None:
+            self._module = load_kernel_module(self.kernel_path, self.name)
+        return self._module
+
+    def launcher(self):
+        assert self.spec is not None, self.error
+        return getattr(self.module(), self.spec.function)
+
+    def record(self, backend: str) -> dict[str, Any] | None:
+        return read_record(self.path, backend)
+
+    def tuning(self, backend: str) -> dict[str, Any]:
+        p = self.path / "tune" / f"{backend}.json"
+        return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def source_hash(op_path: Path) -> str:
+    """Hash of what decides the op's behaviour: kernel.py and spec.toml. Records with another hash are stale."""
+    h = hashlib.sha256()
+    for fname in ("kernel.py", "spec.toml"):
+        p = op_path / fname
+        h.update(fname.encode())
+        h.update(p.read_bytes() if p.is_file() else b"")
+    return h.hexdigest()[:16]
+
+
+def load_kernel_module(path: Path, name: str) -> types.ModuleType:
+    """Import a kernel file as its own module. Whether its @triton.jit kernels compile or run in Triton's
+    interpreter is decided process-wide by TRITON_INTERPRET (see `Backend.prepare`)."""
+    mod_name = f"kernelgen_ops.{name}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    if spec is None or spec.loader is None:
+        raise SpecError(f"{path}: cannot be imported")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception:
+        sys.modules.pop(mod_name, None)
+        raise
+    return module
+
+
+def load_op(path: Path) -> Op:
+    op = Op(name=path.name, path=path)
+    try:
+        op.spec = load_spec(path / "spec.toml")
+        if op.spec.name != path.name:
+            raise SpecError(f"{path / 'spec.toml'}: field 'name' is {op.spec.name!r} but the folder is {path.name!r}")
+        if not op.kernel_path.is_file():
+            raise SpecError(f"{path}: kernel.py is missing")
+    except SpecError as exc:
+        op.spec, op.error = None, str(exc)
+    return op
+
+
+def discover(extra_roots: list[str | Path] | None = None) -> list[Op]:
+    """Every op folder under the library roots (broken ones included, with their reason), sorted by name."""
+    found: dict[str, Op] = {}
+    for root in library_roots(extra_roots):
+        folder = ops_dir(root)
+        if not folder.is_dir():
+            continue
+        for p in sorted(folder.iterdir()):
+            if p.is_dir() and not p.name.startswith((".", "_")) and p.name not in found:
+                found[p.name] = load_op(p)
+    return [found[k] for k in sorted(found)]
+
+
+def get_op(name: str, extra_roots: list[str | Path] | None = None) -> Op:
+    p = Path(name)
+    if p.is_dir() and (p / "spec.toml").exists():
+        return load_op(p.resolve())
+    for op in discover(extra_roots):
+        if op.name == name:
+            return op
+    raise OpNotFound(f"no op named {name!r} in the library (see `kernelgen list`)")
+
+
+def library_hash(extra_roots: list[str | Path] | None = None) -> str:
+    """Content hash of the whole library: changes whenever an op is added, removed or edited."""
+    h = hashlib.sha256()
+    for op in discover(extra_roots):
+        h.update(op.name.encode())
+        h.update(op.source_hash().encode())
+    return h.hexdigest()[:16]
+
+
+# ---- verification records --------------------------------------------------------------------------
+def record_path(op_path: Path, backend: str) -> Path:
+    return op_path / "verified" / f"{backend}.json"
+
+
+def read_record(op_path: Path, backend: str) -> dict[str, Any] | None:
+    p = record_path(op_path, backend)
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def write_record(op_path: Path, backend: str, record: dict[str, Any]) -> Path:
+    """Atomic write of verified/<backend>.json (the verifier is the only caller)."""
+    p = record_path(op_path, backend)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f, indent=2, sort_keys=False)
+        f.write("\n")
+    os.replace(tmp, p)
+    return p
+
+
+def op_status(op: Op, backend: str) -> dict[str, Any]:
+    """verified | stale | failing | unverified | broken, with the speedup vs eager when known."""
+    if op.broken:
+        return {"status": "broken", "reason": op.error}
+    rec = op.record(backend)
+    if rec is None:
+        return {"status": "unverified"}
+    out: dict[str, Any] = {"speedup": rec.get("speedup_vs_eager"), "device": rec.get("device", "")}
+    if rec.get("source_hash") != op.source_hash():
+        out["status"] = "stale"
+    elif not rec.get("passed"):
+        out["status"] = "failing"
+        out["reason"] = rec.get("failure", "")
+    else:
+        out["status"] = "verified"
+    return out
+
+
+# ---- merge -----------------------------------------------------------------------------------------
+def merge_op(
+    root: Path, spec: OpSpec, kernel_source: str, records: dict[str, dict] | None = None, replace: bool = False
+) -> Path:
+    """Write a complete op folder atomically: build it in a temporary sibling, then rename into place.
+    A reader never sees a half-written folder; an interrupted merge leaves only a `.tmp-*` folder."""
+    dest_parent = ops_dir(root) if root.is_dir() else root / "ops"
+    dest_parent.mkdir(parents=True, exist_ok=True)
+    dest = dest_parent / spec.name
+    if dest.exists() and not replace:
+        raise FileExistsError(f"{dest} already exists (use replace=True)")
+    tmp = Path(tempfile.mkdtemp(dir=dest_parent, prefix=f".tmp-{spec.name}-"))
+    try:
+        (tmp / "kernel.py").write_text(kernel_source)
+        save_spec(spec, tmp / "spec.toml")
+        for backend, rec in (records or {}).items():
+            rec = dict(rec, source_hash=source_hash(tmp))
+            write_record(tmp, backend, rec)
+        if dest.exists():
+            old = dest_parent / f".old-{spec.name}-{os.getpid()}"
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest

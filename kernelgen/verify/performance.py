@@ -1,0 +1,71 @@
+"""Performance on accelerators: the kernel, eager PyTorch and torch.compile of the same reference,
+timed side by side on the same inputs, plus the fraction of the measured copy bandwidth reached."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from kernelgen.backends.base import Backend
+from kernelgen.spec import OpSpec
+from kernelgen.verify.inputs import make_inputs, reference_function
+
+L2_BYTES = 64 << 20  # rotate inputs while several copies still fit well under a few L2s
+PERF_DTYPES = ("bfloat16", "float16")
+
+
+def _working_set(args: list[Any]) -> int:
+    return sum(a.numel() * a.element_size() for a in args if isinstance(a, torch.Tensor))
+
+
+def _rotating(fn, input_sets: list[list[Any]]):
+    state = {"i": 0}
+
+    def call():
+        args = input_sets[state["i"] % len(input_sets)]
+        state["i"] += 1
+        return fn(*args)
+
+    return call
+
+
+def measure(
+    spec: OpSpec, launcher, backend: Backend, dtypes: tuple[str, ...] = PERF_DTYPES,
+    shapes: list[dict[str, int]] | None = None, with_compile: bool = True, seed: int = 1234,
+) -> list[dict[str, Any]]:
+    if not backend.measures_performance:
+        return []
+    reference = reference_function(spec)
+    compiled = torch.compile(reference, dynamic=False) if with_compile else None
+    bandwidth = backend.copy_bandwidth()
+    rows = []
+    for dtype in dtypes:
+        if dtype not in spec.dtypes or not backend.supports_dtype(dtype):
+            continue
+        for dims in shapes if shapes is not None else spec.bench_shapes:
+            first = make_inputs(spec, dims, dtype, backend.device, seed)
+            ws = _working_set(first)
+            copies = 1 if ws == 0 or ws * 2 > L2_BYTES else min(16, math.ceil(4 * L2_BYTES / ws))
+            sets = [first] + [make_inputs(spec, dims, dtype, backend.device, seed + k) for k in range(1, copies)]
+            row: dict[str, Any] = {"dtype": dtype, "dims": dims, "input_sets": copies}
+            row["kernel_ms"] = backend.bench(_rotating(launcher, sets))
+            row["eager_ms"] = backend.bench(_rotating(reference, sets))
+            if compiled is not None:
+                try:
+                    row["compile_ms"] = backend.bench(_rotating(compiled, sets))
+                except Exception as exc:  # a baseline that fails to compile is reported, not fatal
+                    row["compile_ms"], row["compile_error"] = None, str(exc).splitlines()[0][:200]
+            row["speedup_eager"] = row["eager_ms"] / row["kernel_ms"]
+            row["speedup_compile"] = (row["compile_ms"] / row["kernel_ms"]) if row.get("compile_ms") else None
+            elem = torch.empty((), dtype=getattr(torch, dtype)).element_size()
+            nbytes = spec.bytes_moved(dims, elem)
+            row["bytes"] = nbytes
+            for key in ("kernel", "eager", "compile"):
+                ms = row.get(f"{key}_ms")
+                row[f"{key}_bw_frac"] = (nbytes / (ms * 1e-3) / 1e9 / bandwidth) if ms and nbytes else None
+            row["copy_bandwidth_gbs"] = bandwidth
+            rows.append(row)
+            del sets, first
+    return rows

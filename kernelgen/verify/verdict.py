@@ -1,0 +1,69 @@
+"""`Verdict`: the outcome of verifying one candidate on one backend. Reports render from these."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+CHECKS = ("static", "sandbox", "accuracy", "anticheat", "performance")
+
+
+@dataclass
+class Verdict:
+    op: str
+    backend: str
+    passed: bool = False
+    check: str = ""  # the first failing check, one of CHECKS; "" when passed
+    message: str = ""  # short enough to hand back to an LLM on repair
+    source_hash: str = ""
+    device: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+    accuracy: list[dict[str, Any]] = field(default_factory=list)
+    performance: list[dict[str, Any]] = field(default_factory=list)
+    launches: int = 0
+    wall_s: float = 0.0
+    candidate: str = ""  # label of the candidate (library op, composer, llm-1, ...)
+
+    @classmethod
+    def fail(cls, op: str, backend: str, check: str, message: str, **kw: Any) -> Verdict:
+        return cls(op=op, backend=backend, passed=False, check=check, message=message[:2000], **kw)
+
+    @property
+    def speedup_vs_eager(self) -> float | None:
+        """Geometric mean over the measured shapes (None when nothing was timed)."""
+        return _geomean([p["speedup_eager"] for p in self.performance if p.get("speedup_eager")])
+
+    @property
+    def speedup_vs_compile(self) -> float | None:
+        return _geomean([p["speedup_compile"] for p in self.performance if p.get("speedup_compile")])
+
+    @property
+    def min_speedup_vs_eager(self) -> float | None:
+        vals = [p["speedup_eager"] for p in self.performance if p.get("speedup_eager")]
+        return min(vals) if vals else None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["speedup_vs_eager"] = self.speedup_vs_eager
+        d["speedup_vs_compile"] = self.speedup_vs_compile
+        d["min_speedup_vs_eager"] = self.min_speedup_vs_eager
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Verdict:
+        names = cls.__dataclass_fields__.keys()
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_record(self) -> dict[str, Any]:
+        """The `verified/<backend>.json` document."""
+        d = self.to_dict()
+        d["failure"] = "" if self.passed else f"{self.check}: {self.message}"
+        return d
+
+
+def _geomean(vals: list[float]) -> float | None:
+    vals = [v for v in vals if v and v > 0]
+    if not vals:
+        return None
+    return math.exp(sum(math.log(v) for v in vals) / len(vals))

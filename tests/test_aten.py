@@ -1,0 +1,81 @@
+"""ATen overrides through torch.library: routing, fallbacks, policies, enable/disable/use."""
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kernelgen
+from kernelgen.verify.guard import count_launches
+
+
+def test_enable_routes_rms_norm_to_our_kernel_and_matches_aten(interpreter):
+    x, w = torch.randn(5, 96), torch.randn(96)
+    expected = F.rms_norm(x, (96,), w, 1e-6)
+    on = kernelgen.enable(backend="interpreter", policy="all", include=["rms_norm"])
+    assert on == ["rms_norm"]
+    with count_launches() as launches:
+        got = F.rms_norm(x, (96,), w, 1e-6)
+    assert launches.total_launches == 1
+    assert kernelgen.status()["interpreter"]["calls"]["rms_norm"] == 1
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    kernelgen.disable()
+    with count_launches() as launches:
+        F.rms_norm(x, (96,), w, 1e-6)
+    assert launches.total_launches == 0
+
+
+def test_unsupported_cases_fall_back_to_aten(interpreter):
+    kernelgen.enable(backend="interpreter", policy="all", include=["rms_norm"])
+    x = torch.randn(4, 6, 8, dtype=torch.float64)
+    with count_launches() as launches:
+        a = F.rms_norm(x, (6, 8))  # two normalized dims and float64: not ours
+    assert launches.total_launches == 0
+    torch.testing.assert_close(a, x / x.pow(2).mean((-2, -1), keepdim=True).add(torch.finfo(x.dtype).eps).sqrt())
+
+
+def test_grad_requiring_inputs_keep_autograd(interpreter):
+    x = torch.randn(3, 16, requires_grad=True)
+    g = torch.randn(3, 16)
+    (F.rms_norm(x, (16,)) * g).sum().backward()
+    expected = x.grad.clone()
+    x.grad = None
+    kernelgen.enable(backend="interpreter", policy="all", include=["rms_norm"])
+    (F.rms_norm(x, (16,)) * g).sum().backward()
+    torch.testing.assert_close(x.grad, expected)
+    assert kernelgen.status()["interpreter"]["fallbacks"]["rms_norm"] == 1
+
+
+def test_use_scopes_the_override(interpreter):
+    x = torch.randn(2, 32)
+    with kernelgen.use(backend="interpreter", policy="all", include=["rms_norm"]):
+        with count_launches() as inside:
+            F.rms_norm(x, (32,))
+    with count_launches() as outside:
+        F.rms_norm(x, (32,))
+    assert inside.total_launches == 1 and outside.total_launches == 0
+
+
+def test_verified_policy_never_enables_without_speed_figures(interpreter):
+    # The interpreter records accuracy only, so nothing can be shown faster than eager on it.
+    assert kernelgen.enable(backend="interpreter") == []
+
+
+def test_enable_with_unknown_policy_or_op_raises(interpreter):
+    with pytest.raises(ValueError, match="policy"):
+        kernelgen.enable(backend="interpreter", policy="fast")
+    with pytest.raises(ValueError, match="unknown op"):
+        kernelgen.enable(backend="interpreter", include=["no_such_op"])
+
+
+def test_enable_without_accelerator_does_nothing_and_warns_once(monkeypatch):
+    from kernelgen import aten
+
+    monkeypatch.setattr(aten, "default_backend", lambda: None)
+    monkeypatch.setattr(aten, "_warned_no_backend", False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert kernelgen.enable() == []
+        assert kernelgen.enable() == []
+    assert len([w for w in caught if "no accelerator" in str(w.message)]) == 1
