@@ -54,7 +54,7 @@ def verify_op(
     verdict.passed = not verdict.check
     verdict.wall_s = time.perf_counter() - t0
     if write:
-        write_record(op.path, backend.name, verdict.to_record())
+        write_record(op.path, backend.name, verdict.to_record(speed=backend.measures_performance))
     return verdict
 
 

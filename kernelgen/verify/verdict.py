@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 CHECKS = ("static", "sandbox", "accuracy", "anticheat", "performance")
+SPEED_KEYS = ("performance", "speedup_vs_eager", "speedup_vs_compile", "min_speedup_vs_eager")
 
 
 @dataclass
@@ -55,10 +56,14 @@ class Verdict:
         names = cls.__dataclass_fields__.keys()
         return cls(**{k: v for k, v in d.items() if k in names})
 
-    def to_record(self) -> dict[str, Any]:
-        """The `verified/<backend>.json` document."""
+    def to_record(self, speed: bool = True) -> dict[str, Any]:
+        """The `verified/<backend>.json` document. `speed=False` (accuracy-only backends such as the
+        interpreter): no speed figure at all, not even an empty one."""
         d = self.to_dict()
         d["failure"] = "" if self.passed else f"{self.check}: {self.message}"
+        if not speed:
+            for key in SPEED_KEYS:
+                d.pop(key, None)
         return d
 
 
