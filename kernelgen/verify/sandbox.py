@@ -142,9 +142,10 @@ def run_worker(folder: Path, backend: str, interpret: bool, timeout: float, perf
 
 
 def is_library_op(folder: Path) -> bool:
-    """True for a folder directly inside one of the library roots' ops folders (records go only there)."""
+    """True for a folder inside an `ops/` folder or directly in a library root: where op folders live in
+    a library (records go only there; candidate folders of a generation run live elsewhere)."""
     folder = folder.resolve()
-    return any(folder.parent == ops_dir(root).resolve() for root in library_roots())
+    return folder.parent.name == "ops" or any(folder.parent == ops_dir(root).resolve() for root in library_roots())
 
 
 def verify_candidate(folder: str | Path, backend: str, timeout: float = DEFAULT_TIMEOUT, perf: bool = True,
