@@ -104,6 +104,38 @@ def list_backends(as_json: bool = typer.Option(False, "--json", help="Machine-re
     console.print(table)
 
 
+# ---- retrieval: search (kernelgen/retrieval) --------------------------------------------------------
+@app.command("search")
+def search_library(
+    query: str = typer.Argument(..., help='What the op does, in words: "swiglu", "pre-norm residual", "RoPE".'),
+    k: int = typer.Option(5, "-k", "--top", min=1, help="How many ops to show."),
+    library: list[str] | None = typer.Option(None, "--library", help="Extra library folder(s) to include."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """The library ops closest to QUERY (offline embedding unless KERNELGEN_EMBEDDINGS=openai)."""
+    if not query.strip():
+        fail("the search query is empty")
+    import warnings
+
+    from kernelgen.retrieval import IndexRebuildWarning, search
+
+    with err_console.status("searching the library (the index is rebuilt when the library changed)"), \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", IndexRebuildWarning)
+        hits = search(query, k=k, library=library)
+    for w in caught:  # an index rebuilt from a damaged one: one line, not a traceback-style warning
+        err_console.print(f"[yellow]warning:[/] {w.message}", highlight=False, soft_wrap=True)
+    if as_json:
+        emit_json([h.to_dict() for h in hits])
+        return
+    table = Table(title=f"library ops for {query!r}")
+    for col in ("#", "op", "score", "overrides", "path"):
+        table.add_column(col, overflow="fold")
+    for rank, h in enumerate(hits, 1):
+        table.add_row(str(rank), f"[bold]{h.name}[/]", f"{h.score:.3f}", ", ".join(h.aten) or "-", h.path)
+    console.print(table)
+
+
 def main() -> None:
     try:
         app()
