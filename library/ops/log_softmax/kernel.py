@@ -1,0 +1,110 @@
+"""Log-softmax over the last dimension: y = x - max(x) - log(sum(exp(x - max(x)))).
+
+One program per row. Rows up to MAX_FUSED_N elements are held in registers in one block: x is read once
+and y written once. Longer rows use the online log-sum-exp: one pass keeps a running max and a running
+sum (rescaled whenever the max grows), a second pass re-reads x and writes y, so x is read twice, never
+three times. Arithmetic is in float32; y is cast once at the store (to float32 for half_to_float).
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_FUSED_N = 16384  # longest row kept in registers (bf16 rows of 16K fit with 16 warps)
+LOOP_BLOCK_N = 4096  # block of the looped variant: 16 bytes per thread per load at 16 warps for bf16
+
+
+@triton.jit
+def _log_softmax_row(x_ptr, y_ptr, stride_x_row, stride_x_col, N, BLOCK_N: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    offsets = tl.arange(0, BLOCK_N)
+    mask = offsets < N
+    x = tl.load(x_ptr + row * stride_x_row + offsets * stride_x_col, mask=mask, other=float("-inf"))
+    x = x.to(tl.float32)
+    shifted = x - tl.max(x, axis=0)
+    y = shifted - tl.log(tl.sum(tl.exp(shifted), axis=0))  # masked lanes: exp(-inf) = 0
+    tl.store(y_ptr + row * N + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _log_softmax_looped(x_ptr, y_ptr, stride_x_row, stride_x_col, N, BLOCK_N: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * stride_x_row
+    # The first block (always full: N > BLOCK_N here) seeds the running max m and sum s.
+    offsets = tl.arange(0, BLOCK_N)
+    x = tl.load(x_row + offsets * stride_x_col, mask=offsets < N, other=float("-inf")).to(tl.float32)
+    m = tl.max(x, axis=0)
+    # A row that starts with -inf: shift by 0 instead (exp(-inf - -inf) would be NaN).
+    s = tl.sum(tl.exp(x - tl.where(m == float("-inf"), 0.0, m)), axis=0)
+    for start in range(BLOCK_N, N, BLOCK_N):
+        offsets = start + tl.arange(0, BLOCK_N)
+        x = tl.load(x_row + offsets * stride_x_col, mask=offsets < N, other=float("-inf")).to(tl.float32)
+        m_new = tl.maximum(m, tl.max(x, axis=0))
+        shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        s = s * tl.exp(m - shift) + tl.sum(tl.exp(x - shift), axis=0)
+        m = m_new
+    log_sum_exp = tl.where(m == float("-inf"), 0.0, m) + tl.log(s)
+    for start in range(0, N, BLOCK_N):
+        offsets = start + tl.arange(0, BLOCK_N)
+        mask = offsets < N
+        x = tl.load(x_row + offsets * stride_x_col, mask=mask, other=float("-inf")).to(tl.float32)
+        tl.store(y_ptr + row * N + offsets, (x - log_sum_exp).to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def _num_warps(block_n: int, elem_size: int) -> int:
+    # 16 bytes per thread per load; at most 16 warps
+    return max(1, min(16, block_n * elem_size // (16 * 32)))
+
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _log_softmax(x, out_dtype, max_block=None):
+    N = x.shape[-1]
+    try:
+        x2 = x.view(-1, N) if x.dim() != 2 else x
+    except RuntimeError:
+        raise ValueError("log_softmax: the leading dims of x cannot be viewed as rows without a copy") from None
+    y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+    M = x2.shape[0]
+    if M == 0 or N == 0:
+        return y
+    limit = min(MAX_FUSED_N, max_block or MAX_FUSED_N)
+    block_n = triton.next_power_of_2(N)
+    kernel = _log_softmax_row
+    if block_n > limit:
+        kernel, block_n = _log_softmax_looped, min(limit, LOOP_BLOCK_N)
+    kernel[(M,)](x2, y, x2.stride(0), x2.stride(1), N, BLOCK_N=block_n,
+                 num_warps=_num_warps(block_n, x.element_size()))
+    return y
+
+
+def _check_x(x, dim):
+    if not isinstance(x, torch.Tensor) or x.dtype not in FLOAT_DTYPES:
+        raise TypeError("log_softmax: x must be a float32/float16/bfloat16 tensor, "
+                        f"got {getattr(x, 'dtype', type(x))}")
+    if x.dim() == 0:
+        raise ValueError("log_softmax: x must have at least one dimension")
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim not in (-1, x.dim() - 1):
+        raise ValueError(f"log_softmax: dim must be the last dimension (-1 or {x.dim() - 1}), got {dim!r}")
+
+
+def log_softmax(x, dim=-1, *, max_block=None):
+    """Log-softmax over the last dim of x (any leading shape, rows may be strided); same dtype as x."""
+    _check_x(x, dim)
+    return _log_softmax(x, x.dtype, max_block)
+
+
+def aten_log_softmax(self, dim, half_to_float):
+    """aten::_log_softmax. half_to_float=True (float16 in, float32 out) is supported as on CUDA; for other
+    dtypes ATen rejects it, so we hand it back. NotImplemented (ATen runs) for any dim but the last."""
+    if not isinstance(self, torch.Tensor) or self.dtype not in FLOAT_DTYPES or self.dim() == 0:
+        return NotImplemented
+    if dim % self.dim() != self.dim() - 1:
+        return NotImplemented
+    if half_to_float and self.dtype != torch.float16:
+        return NotImplemented
+    try:
+        return _log_softmax(self, torch.float32 if half_to_float else self.dtype)
+    except ValueError:
+        return NotImplemented
