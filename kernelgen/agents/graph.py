@@ -1,0 +1,146 @@
+"""The generation run as a langgraph `StateGraph`, checkpointed in SQLite after every node.
+
+This file only wires the nodes (kernelgen/agents/nodes.py) and starts or resumes runs; a run's thread id
+in the checkpointer is its run id, so `kernelgen resume RUN_ID` continues from the last finished node.
+"""
+
+from __future__ import annotations
+
+import operator
+import time
+from collections.abc import Callable
+from typing import Annotated, Any, TypedDict
+
+from kernelgen.agents import nodes
+from kernelgen.agents import runs as runs_mod
+from kernelgen.errors import KernelgenError
+
+STAGES = ("understand", "retrieve", "generate", "verify", "repair", "select", "merge", "report")
+
+
+class RunState(TypedDict, total=False):
+    run_id: str
+    request: str
+    options: dict[str, Any]  # name, library, backends, candidates, rounds, trials, timeout, dry_run, replace...
+    started: float
+    name: str | None
+    spec: str | None  # spec.toml text
+    spec_origin: str | None  # "composer" | "llm"
+    composition: dict[str, Any] | None
+    compose_error: str
+    hits: list[dict[str, Any]]
+    reuse: dict[str, Any] | None
+    existing: dict[str, Any] | None
+    llm: dict[str, Any]  # enabled, endpoint, model, error, attempts (never the key)
+    candidates: list[dict[str, Any]]
+    round: int
+    winner: str | None
+    decision: str
+    keep_existing: bool
+    merged: str | None
+    result: dict[str, Any]
+    messages: Annotated[list[str], operator.add]  # notes for the report, appended by any node
+
+
+def _staged(name: str, fn: Callable[[dict], dict]) -> Callable[[dict], dict]:
+    def node(state: dict) -> dict:
+        nodes.emit(name, "", "stage")
+        return fn(state)
+
+    node.__name__ = name
+    return node
+
+
+def build_graph(checkpointer=None):
+    from langgraph.graph import END, START, StateGraph
+
+    g = StateGraph(RunState)
+    for name in STAGES:
+        g.add_node(name, _staged(name, getattr(nodes, name)))
+    g.add_edge(START, "understand")
+    g.add_edge("understand", "retrieve")
+    g.add_conditional_edges("retrieve", nodes.after_retrieve, ["generate", "report"])
+    g.add_conditional_edges("generate", nodes.after_generate, ["verify", "report"])
+    g.add_conditional_edges("verify", nodes.after_verify, ["repair", "select"])
+    g.add_edge("repair", "verify")
+    g.add_edge("select", "merge")
+    g.add_edge("merge", "report")
+    g.add_edge("report", END)
+    return g.compile(checkpointer=checkpointer)
+
+
+def initial_state(request: str, options: dict[str, Any], run_id: str, llm: dict[str, Any]) -> dict[str, Any]:
+    return {"run_id": run_id, "request": request, "options": options, "started": time.time(), "llm": llm,
+            "candidates": [], "round": 0, "messages": []}
+
+
+def llm_settings(enabled: bool) -> dict[str, Any]:
+    from kernelgen.agents.llm import LLMConfig
+
+    cfg = LLMConfig.from_env()
+    return {"enabled": enabled, "endpoint": cfg.endpoint(), "model": cfg.model, "error": "", "attempts": []}
+
+
+def _drive(graph_input, run_id: str, request: str, listener) -> dict[str, Any]:
+    conn = runs_mod.connect()
+    try:
+        app = build_graph(runs_mod.checkpointer(conn))
+        config = {"configurable": {"thread_id": run_id}, "recursion_limit": 100}
+        runs_mod.mark_run(conn, run_id, request=request, status="running")
+        nodes.set_listener(listener)
+        try:
+            # durability="sync": each checkpoint is on disk before the next node starts, so a SIGKILL loses at
+            # most the node that was running
+            for _ in app.stream(graph_input, config, stream_mode="updates", durability="sync"):
+                pass
+        except BaseException as exc:
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "error"
+            runs_mod.mark_run(conn, run_id, status=status, result={"error": f"{type(exc).__name__}: {exc}"})
+            raise
+        finally:
+            nodes.set_listener(None)
+        values = app.get_state(config).values
+        result = dict(values.get("result") or {})
+        result["wall_s"] = round(time.time() - float(values.get("started", time.time())), 2)
+        runs_mod.mark_run(conn, run_id, status=result.get("status", "done"), result=result)
+        return result
+    finally:
+        conn.close()
+
+
+def start_run(request: str, options: dict[str, Any], llm: dict[str, Any], run_id: str | None = None,
+              listener: nodes.Listener | None = None) -> dict[str, Any]:
+    """Run the whole graph for `request`; returns the report node's result (plus run_id and wall_s)."""
+    run_id = run_id or runs_mod.new_run_id()
+    return _drive(initial_state(request, options, run_id, llm), run_id, request, listener)
+
+
+def resume_run(run_id: str, listener: nodes.Listener | None = None) -> dict[str, Any]:
+    """Continue a run from its last checkpoint (the interrupted node runs again; nodes are idempotent).
+    A finished run is not run again: its result is returned as it was."""
+    conn = runs_mod.connect()
+    try:
+        info = runs_mod.get_run(conn, run_id)
+        app = build_graph(runs_mod.checkpointer(conn))
+        snapshot = app.get_state({"configurable": {"thread_id": run_id}})
+    finally:
+        conn.close()
+    if not snapshot.values:
+        raise KernelgenError(f"run {run_id!r} was interrupted before its first checkpoint; start it again")
+    if not snapshot.next:
+        return dict(snapshot.values.get("result") or info.get("result") or {}, resumed=False)
+    return dict(_drive(None, run_id, info["request"], listener), resumed=True)
+
+
+def list_runs(limit: int = 50) -> list[dict[str, Any]]:
+    """Recent runs, newest first, each with its status and the node it would run next ("" when finished)."""
+    conn = runs_mod.connect()
+    try:
+        app = build_graph(runs_mod.checkpointer(conn))
+        rows = runs_mod.list_runs(conn, limit)
+        for row in rows:
+            snap = app.get_state({"configurable": {"thread_id": row["run_id"]}})
+            row["next"] = ",".join(snap.next) if snap.values else ""
+        return rows
+    finally:
+        conn.close()
