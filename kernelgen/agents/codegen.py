@@ -90,7 +90,8 @@ def _per_row(t, shape):
 
 def _check(name, t, dtypes):
     if not isinstance(t, torch.Tensor) or t.dtype not in dtypes:
-        raise TypeError(f"{name} must be a tensor of dtype {[str(d) for d in dtypes]}, got {getattr(t, 'dtype', type(t))}")
+        got = getattr(t, "dtype", type(t))
+        raise TypeError(f"{name} must be a tensor of dtype {[str(d) for d in dtypes]}, got {got}")
 
 
 def _result_dtype(*tensors):
@@ -162,6 +163,19 @@ def _tensor_args(g: FusionGraph, outputs: list[str], row_scalar: bool) -> tuple[
     return ptrs, strides, call
 
 
+def _params(head: str, params: list[str], tail: str) -> list[str]:
+    """A def line wrapped at 110 columns, continuation lines aligned under the first parameter."""
+    lines, cur = [], head + "("
+    pad = " " * len(cur)
+    for p in params + [tail]:
+        piece = p if p == tail else p + ", "
+        if len(cur) + len(piece) > 110 and cur.strip():
+            lines.append(cur.rstrip())
+            cur = pad
+        cur += piece
+    return lines + [cur]
+
+
 def _scalars(g: FusionGraph) -> list[str]:
     return [i.name for i in g.scalar_inputs()]
 
@@ -172,7 +186,8 @@ def _jit(g: FusionGraph) -> str:
 
 
 def _store(out: str, value: str, row: str, col: str, mask: str) -> str:
-    return f"tl.store({out}_ptr + {row} * stride_{out}_row + {col}, {value}.to({out}_ptr.dtype.element_ty), mask={mask})"
+    cast = f"{value}.to({out}_ptr.dtype.element_ty)"
+    return f"tl.store({out}_ptr + {row} * stride_{out}_row + {col}, {cast}, mask={mask})"
 
 
 def _signature(g: FusionGraph, fn: str, with_max_block: bool = True) -> str:
@@ -211,7 +226,8 @@ def _views(g: FusionGraph, indent: str = "    ") -> list[str]:
             lines.append(f"{indent}{i.name}2 = _per_row({i.name}, shape)")
         elif i.role == "cols":
             lines.append(f"{indent}if {i.name}.shape != (N,):")
-            lines.append(f'{indent}    raise ValueError(f"{i.name} must have shape ({{N}},), got {{tuple({i.name}.shape)}}")')
+            msg = f"{i.name} must have shape ({{N}},), got {{tuple({i.name}.shape)}}"
+            lines.append(f'{indent}    raise ValueError(f"{msg}")')
             lines.append(f"{indent}{i.name}2 = {i.name}")
     return lines
 
@@ -234,8 +250,7 @@ def pointwise_source(g: FusionGraph, fn: str, request: str) -> str:
     params = ptrs + strides + ["M", "N"] + _scalars(g)
     kernel = [
         _jit(g),
-        f"def _{fn}_kernel({', '.join(params)},",
-        "            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):",
+        *_params(f"def _{fn}_kernel", params, "BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):"),
         "    # one program per tile of BLOCK_M rows x BLOCK_N columns; rows are int64 so large tensors don't overflow",
         "    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)",
         "    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)",
@@ -246,7 +261,8 @@ def pointwise_source(g: FusionGraph, fn: str, request: str) -> str:
     rows_inputs = [i.name for i in g.tensor_inputs() if i.role == "rows"]
     launcher = [
         _signature(g, fn),
-        f'    """{g.describe()}\n\n    Inputs broadcast like PyTorch ([N] or [..., N] against the rows); rows may be strided.\n'
+        f'    """{g.describe()}\n\n'
+        '    Inputs broadcast like PyTorch ([N] or [..., N] against the rows); rows may be strided.\n'
         '    max_block caps the column tile."""',
         *_input_checks(g),
         f"    shape = _broadcast_shape({', '.join(f'{n}.shape' for n in rows_inputs)})",
@@ -344,7 +360,7 @@ def reduction_source(g: FusionGraph, fn: str, request: str) -> str:
     # single block
     single = [
         _jit(g),
-        f"def _{fn}_row({', '.join(params)}, BLOCK_N: tl.constexpr):",
+        *_params(f"def _{fn}_row", params, "BLOCK_N: tl.constexpr):"),
         "    # the whole row in one block: every input is read once",
         *head,
         "    cols = tl.arange(0, BLOCK_N)",
@@ -366,7 +382,7 @@ def reduction_source(g: FusionGraph, fn: str, request: str) -> str:
     loop = "    for start in range(0, N, BLOCK_N):"
     looped = [
         _jit(g),
-        f"def _{fn}_looped({', '.join(params)}, BLOCK_N: tl.constexpr):",
+        *_params(f"def _{fn}_looped", params, "BLOCK_N: tl.constexpr):"),
         "    # rows longer than one block: statistics first, then (for full rows) a second pass that",
         "    # recomputes the prologue from the inputs (re-read from L2) and writes the output",
         *head,
@@ -425,7 +441,8 @@ def reduction_source(g: FusionGraph, fn: str, request: str) -> str:
     dev = f"{rows_inputs[0]}.device"
     launcher = [
         _signature(g, fn),
-        f'    """{g.describe()}\n\n    Rows may be strided; max_block caps the block (longer rows take the looped kernel)."""',
+        f'    """{g.describe()}\n\n'
+        '    Rows may be strided; max_block caps the block (longer rows take the looped kernel)."""',
         *_input_checks(g),
         f"    shape = _broadcast_shape({', '.join(f'{n}.shape' for n in rows_inputs)})",
         "    N = shape[-1]",
@@ -496,9 +513,9 @@ def matmul_source(g: FusionGraph, fn: str, request: str) -> str:
     loads = _Loads(g, "offs_m[:, None]", "offs_n[None, :]", "in_bounds", "offs_n[None, :] < N", "offs_m[:, None] < M")
     kernel = [
         _jit(g),
-        f"def _{fn}_kernel({', '.join(params)},",
-        "            IEEE_FP32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,",
-        "            GROUP_M: tl.constexpr):",
+        *_params(f"def _{fn}_kernel", params + ["IEEE_FP32: tl.constexpr", "BLOCK_M: tl.constexpr",
+                                                 "BLOCK_N: tl.constexpr", "BLOCK_K: tl.constexpr"],
+                 "GROUP_M: tl.constexpr):"),
         "    # grouped ordering: GROUP_M row blocks share their B column blocks while they are in L2",
         "    pid = tl.program_id(0)",
         "    num_pid_m = tl.cdiv(M, BLOCK_M)",
@@ -530,7 +547,7 @@ def matmul_source(g: FusionGraph, fn: str, request: str) -> str:
         "    " + _store("y", g.outputs[0], "offs_m[:, None]", "offs_n[None, :]", "in_bounds"),
         "",
         "",
-        "# Triton's CPU interpreter has no benchmarker: there the autotuner gets one config (one config is never timed)",
+        "# Triton's CPU interpreter has no benchmarker: there the autotuner gets one config (never timed)",
         f'_INTERPRETED = type(_{fn}_kernel).__name__ == "InterpretedFunction"',
         f"_{fn}_tuned = triton.autotune(configs=_CONFIGS[-1:] if _INTERPRETED else _CONFIGS,",
         '                               key=["M", "N", "K", "max_tile_n"],',
@@ -539,7 +556,8 @@ def matmul_source(g: FusionGraph, fn: str, request: str) -> str:
     ]
     launcher = [
         _signature(g, fn),
-        f'    """{g.describe()}\n\n    a [M, K] @ b [K, N] with the epilogue fused; any strides. max_block caps the N tile."""',
+        f'    """{g.describe()}\n\n'
+        '    a [M, K] @ b [K, N] with the epilogue fused; any strides. max_block caps the N tile."""',
         *_input_checks(g),
         "    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:",
         '        raise ValueError(f"a [M, K] and b [K, N] expected, got {tuple(a.shape)} and {tuple(b.shape)}")',

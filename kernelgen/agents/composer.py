@@ -140,8 +140,9 @@ def build_spec(g: FusionGraph, name: str, request: str, summary: str) -> OpSpec:
         bench = [{"M": 4096, "N": 4096}]
     description = f"Composed from the request {request!r}: {summary}."
     if g.causal:
-        description += (" Causal mask as torch's is_causal (top-left aligned): key j is masked for query i when"
-                        " j > i, so the verifier may vary the query count M and key count N independently.")
+        description += (" Causal mask aligned bottom-right (flash-attention's rule for M queries over N >= M keys):"
+                        " key j is masked for query i when j > i + N - M; M = N is the square causal mask and"
+                        " M = 1 a decode step, so the verifier may vary M and N independently.")
     tags = ["composed"] + sorted({n.op for n in g.nodes()} | ({g.reduction.kind} if g.reduction else set())
                                  | ({"matmul"} if g.matmul else set()))
     return OpSpec(

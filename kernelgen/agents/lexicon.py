@@ -62,7 +62,7 @@ GATED_WORDS: dict[str, list[str]] = {  # gated activations: act(a) * b
 }
 MATMUL_WORDS = ["matmul", "gemm", "mm", "linear", "@", "matrix multiply", "matrix multiplication", "dense"]
 SEQUENCE_WORDS = ["then", "followed by", "->", "after that", "and then", "before"]
-JOIN_WORDS = ["and", "+", "with", ",", "&", "plus then"]
+JOIN_WORDS = ["and", "+", "with", ",", "&"]
 MODIFIER_WORDS: dict[str, list[str]] = {
     "causal": ["causal", "causally", "lower triangular"],
     "tanh_approx": ["tanh approximation", "tanh approx", "approximate", "approximation", "approx", "fast"],

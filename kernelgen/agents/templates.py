@@ -45,8 +45,10 @@ def torch_expr(node: Node, final: bool, scale_role: str = "") -> str:
     if node.op == "where":
         return f"torch.where({a[0]}, {a[1]}, {_float_literal(node.param('fill'))})"
     if node.op == "causal":
+        # bottom-right aligned (as flash-attention with fewer queries than keys): query i sits at key position
+        # i + N - M, so one query row is a decode step that sees every key
         return (f"{a[0]}.masked_fill(torch.ones({a[0]}.shape[-2:], dtype=torch.bool, device={a[0]}.device)"
-                f".triu(1), float(\"-inf\"))")
+                f".triu({a[0]}.shape[-1] - {a[0]}.shape[-2] + 1), float(\"-inf\"))")
     if node.op == "dequantize":
         if scale_role == "per_row":
             return f"{a[0]}.to({a[1]}.dtype) * {a[1]}[..., None]"
@@ -77,7 +79,7 @@ def triton_expr(node: Node) -> str:
         "rsqrt": f"tl.rsqrt({x})",
         "exp": f"tl.exp({x})",
         "log": f"tl.log({x})",
-        "causal": f"tl.where(cols <= query, {x}, float(\"-inf\"))",
+        "causal": f"tl.where(cols <= query + N - n_queries, {x}, float(\"-inf\"))",
     }
     if node.op in table:
         return table[node.op]
