@@ -139,21 +139,24 @@ def search_library(
 @app.command("compose")
 def compose_cmd(
     request: str = typer.Argument(..., help='What the op computes, e.g. "fused rmsnorm + residual".'),
-    out: Path | None = typer.Option(None, "--out", help="Write the op folder (kernel.py + spec.toml) here."),
+    out: str | None = typer.Option(None, "--out", help="Write the op folder (kernel.py + spec.toml) here."),
     name: str | None = typer.Option(None, "--name", help="Op name (default: derived from the request)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Dry run of the embedded composer: print what it understood and the spec; --out writes the op folder."""
     from kernelgen.agents.composer import ComposeError, compose
+    from pathlib import Path
+
     from kernelgen.spec import dump_spec
 
-    if out is not None and out.exists() and not out.is_dir():
+    out_dir = Path(out) if out is not None else None
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         fail(f"--out {out} exists and is not a folder")
     try:
         comp = compose(request, name)
     except ComposeError as exc:
         fail(str(exc))
-    written = str(comp.write(out)) if out is not None else None
+    written = str(comp.write(out_dir)) if out_dir is not None else None
     if as_json:
         emit_json({"request": request, "name": comp.spec.name, "summary": comp.summary,
                    "spec": comp.spec.to_dict(), "written": written})
