@@ -167,6 +167,140 @@ def compose_cmd(
         console.print(f"wrote {written}/kernel.py and spec.toml", highlight=False)
 
 
+# ---- kernelgen verify ----------------------------------------------------------------------------------
+VERIFY_FORMATS = ("table", "json", "md")
+
+
+def _verify_backend(name: str | None):
+    """The named backend, or the accelerator if there is one, else the interpreter; it must run here."""
+    import importlib.util
+
+    from kernelgen.backends import backend_names, default_backend, get_backend
+
+    if name is None:
+        found = default_backend()
+        return found if found is not None else get_backend("interpreter")
+    if name not in backend_names():
+        fail(f"unknown backend {name!r}; known: {', '.join(backend_names())}")
+    be = get_backend(name)
+    # The interpreter runs in its own subprocess with TRITON_INTERPRET=1, whatever this process imported.
+    ready = importlib.util.find_spec("triton") is not None if be.interpret else be.available()
+    if not ready:
+        fail(f"backend {name!r} is not available on this machine")
+    return be
+
+
+def _verify_targets(ops: list[str], all_ops: bool, changed: bool, base: str | None, library: list[str] | None):
+    from pathlib import Path
+
+    from kernelgen.library import discover, get_op
+    from kernelgen.verify.changes import changed_op_folders
+
+    if sum([bool(ops), all_ops, changed]) != 1:
+        fail("name the ops to verify (names or folders), or pass exactly one of --all / --changed")
+    if base is not None and not changed:
+        fail("--base only goes with --changed")
+    if all_ops:
+        return [op.path for op in discover(library)]
+    if changed:
+        return changed_op_folders(base, Path.cwd())
+    return [get_op(name, library).path for name in ops]
+
+
+@app.command("verify")
+def verify_cmd(
+    ops: list[str] | None = typer.Argument(None, help="Op names from the library, or op folders (paths)."),
+    all_ops: bool = typer.Option(False, "--all", help="Every op in the library."),
+    changed: bool = typer.Option(False, "--changed", help="Only ops whose folders differ from the base (PR check)."),
+    base: str | None = typer.Option(None, "--base", help="With --changed: compare with the merge base of this "
+                                    "revision (default: main, else origin/main)."),
+    backend: str | None = typer.Option(None, "--backend", "-b", help="Default: the accelerator, else interpreter."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | json | md (Markdown for a PR comment)."),
+    as_json: bool = typer.Option(False, "--json", help="Same as --format json."),
+    out: str | None = typer.Option(None, "--out", "-o", help="Also write report.json, report.md, speedup.png here."),
+    timeout: float = typer.Option(120.0, "--timeout", help="Seconds per op before its process is killed."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Ops verified in parallel (separate processes)."),
+    trials: int = typer.Option(3, "--trials", help="Fresh-seed trials per accuracy case (at least 3 advised)."),
+    no_perf: bool = typer.Option(False, "--no-perf", help="Accuracy and anti-cheat only; no timings."),
+    no_compile: bool = typer.Option(False, "--no-compile", help="Skip the torch.compile baseline."),
+    no_write: bool = typer.Option(False, "--no-write", help="Do not write verified/<backend>.json records."),
+    library: list[str] | None = typer.Option(None, "--library", help="Extra library folder(s)."),
+) -> None:
+    """Verify ops in sandboxed subprocesses: static check, accuracy, anti-cheat, performance.
+
+    Exit code 0: all passed; 1: some failed (the report names the check and why); 2: bad usage."""
+    from kernelgen.verify import report
+
+    fmt = "json" if as_json else fmt
+    if fmt not in VERIFY_FORMATS:
+        fail(f"--format must be one of {', '.join(VERIFY_FORMATS)}, not {fmt!r}")
+    if timeout <= 0 or jobs < 1 or trials < 1:
+        fail("--timeout must be > 0, --jobs and --trials >= 1")
+    try:
+        folders = _verify_targets(ops or [], all_ops, changed, base, library)
+        be = _verify_backend(backend)
+    except KernelgenError as exc:  # unknown op, not a git repository, missing base revision, bad backend
+        fail(str(exc))
+    if jobs > 1 and be.measures_performance and not no_perf:
+        err_console.print("[yellow]note:[/] --jobs > 1 times kernels side by side on one device; "
+                          "use --jobs 1 for timings you will quote")
+    verdicts = _run_verify(folders, be.name, jobs=jobs, timeout=timeout, perf=not no_perf, trials=trials,
+                           write=not no_write, with_compile=not no_compile)
+    if out:
+        report.write_reports(verdicts, out)
+    if fmt == "json":
+        emit_json(report.to_json(verdicts))
+    elif fmt == "md":
+        sys.stdout.write(report.to_markdown(verdicts))
+    else:
+        _print_verdict_table(verdicts)
+    if out:
+        err_console.print(f"reports written to {out}/ (report.json, report.md, speedup.png)", highlight=False)
+    raise typer.Exit(0 if all(v.passed for v in verdicts) else 1)
+
+
+def _run_verify(folders, backend: str, **kw):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from kernelgen.verify.sandbox import verify_many
+
+    if not folders:
+        err_console.print("no op to verify", highlight=False)
+        return []
+    running: list[str] = []
+    with Progress(TextColumn("verify on " + backend), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.description}"), console=err_console, transient=True,
+                  disable=not err_console.is_terminal) as progress:
+        task = progress.add_task("", total=len(folders))
+
+        def started(path) -> None:
+            running.append(path.name)
+            progress.update(task, description=", ".join(running))
+
+        def done(v) -> None:
+            if v.op in running:
+                running.remove(v.op)
+            progress.update(task, advance=1, description=", ".join(running))
+            mark = "[green]pass[/]" if v.passed else f"[red]FAIL[/] {v.check}"
+            progress.console.print(f"{v.op}: {mark} ({v.wall_s:.1f} s)", highlight=False)
+
+        return verify_many(folders, backend, on_start=started, on_done=done, **kw)
+
+
+def _print_verdict_table(verdicts) -> None:
+    from kernelgen.verify.report import summary_line
+
+    table = Table(title=summary_line(verdicts))
+    for col in ("op", "backend", "result", "check", "message", "vs eager", "vs compile", "time"):
+        table.add_column(col, no_wrap=col != "message", ratio=1 if col == "message" else None)
+    for v in verdicts:
+        message = (v.message.strip().splitlines() or [""])[0][:160]
+        speed = [f"{s:.2f}x" if s else "-" for s in (v.speedup_vs_eager, v.speedup_vs_compile)]
+        result = "[green]pass[/]" if v.passed else "[red]FAIL[/]"
+        table.add_row(v.op, v.backend, result, v.check or "-", message, *speed, f"{v.wall_s:.1f} s")
+    console.print(table)
+
+
 def main() -> None:
     try:
         app()
