@@ -487,6 +487,14 @@ _CONFIGS = [
 ]
 
 
+def _fp32_dot(a, b):
+    # float32 inputs stay IEEE float32. Triton 3.9's interpreter gets bfloat16 tl.dot wrong (1e10 errors on a
+    # 16x16 tile), so there bfloat16 tiles are upcast first: exact, since bf16 products fit in float32.
+    if _INTERPRETED and torch.bfloat16 in (a.dtype, b.dtype):
+        return True
+    return a.dtype == torch.float32 and b.dtype == torch.float32
+
+
 def _fit_max_block(configs, named_args, **kwargs):
     """Drop tiles wider than the caller's max_block (keep the narrowest if none fits)."""
     fits = [c for c in configs if c.kwargs["BLOCK_N"] <= named_args["max_tile_n"]]
@@ -513,7 +521,7 @@ def matmul_source(g: FusionGraph, fn: str, request: str) -> str:
     loads = _Loads(g, "offs_m[:, None]", "offs_n[None, :]", "in_bounds", "offs_n[None, :] < N", "offs_m[:, None] < M")
     kernel = [
         _jit(g),
-        *_params(f"def _{fn}_kernel", params + ["IEEE_FP32: tl.constexpr", "BLOCK_M: tl.constexpr",
+        *_params(f"def _{fn}_kernel", params + ["FP32_DOT: tl.constexpr", "BLOCK_M: tl.constexpr",
                                                  "BLOCK_N: tl.constexpr", "BLOCK_K: tl.constexpr"],
                  "GROUP_M: tl.constexpr):"),
         "    # grouped ordering: GROUP_M row blocks share their B column blocks while they are in L2",
@@ -536,9 +544,9 @@ def matmul_source(g: FusionGraph, fn: str, request: str) -> str:
         " other=0.0)",
         "        b = tl.load(b_ptr + (k + offs_k[:, None]) * stride_bk + offs_n[None, :] * stride_bn, mask=b_mask,"
         " other=0.0)",
-        "        if IEEE_FP32:",
-        "            # float32 in, float32 math out: no TF32 rounding (torch's default matmul precision)",
-        '            acc = tl.dot(a, b, acc, input_precision="ieee")',
+        "        if FP32_DOT:",
+        "            # float32 math, no TF32 rounding (torch's default matmul precision)",
+        '            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")',
         "        else:",
         "            acc = tl.dot(a, b, acc)",
         "    in_bounds = (offs_m[:, None] < M) & (offs_n[None, :] < N)",
@@ -571,7 +579,7 @@ def matmul_source(g: FusionGraph, fn: str, request: str) -> str:
         '    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)',
         f"    _{fn}_tuned[grid](a, b, {''.join(f'{i.name}2, ' for i in epi_inputs)}y,",
         f"        {', '.join(call + ['M', 'N', 'K', 'max_block or 1 << 30'] + _scalar_call(g))},",
-        "        IEEE_FP32=a.dtype == torch.float32 and b.dtype == torch.float32)",
+        "        FP32_DOT=_fp32_dot(a, b))",
         "    return y",
     ]
     return _assemble(g, request, "Matmul with a fused pointwise epilogue (tl.dot, autotuned tiles).",
