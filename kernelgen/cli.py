@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -136,6 +137,132 @@ def search_library(
     console.print(table)
 
 
+# ---- generation: new / runs / resume (kernelgen/agents) ---------------------------------------------
+RUN_OK = ("merged", "reused", "dry-run", "kept-existing")
+
+
+def _progress(out: Console):
+    """Listener for the run's nodes: a header per stage, then one line per event."""
+
+    def listen(stage: str, message: str, style: str) -> None:
+        if style == "stage":
+            out.print(f"[bold cyan]▸ {stage}[/]", highlight=False)
+        elif message:
+            out.print(f"  [{style}]{message}[/]" if style else f"  {message}", highlight=False, soft_wrap=True)
+
+    return listen
+
+
+def _print_run(result: dict, out: Console) -> None:
+    backends = result.get("backends") or []
+    if result.get("candidates"):
+        table = Table(title=f"candidates for {result.get('name')!r}")
+        table.add_column("candidate", style="bold")
+        table.add_column("origin")
+        for b in backends:
+            table.add_column(b)
+        for c in result["candidates"]:
+            label = ("★ " if c["id"] == result.get("winner") else "") + c["id"]
+            cells = []
+            for b in backends:
+                v = c["backends"].get(b)
+                if v is None:
+                    cells.append("[dim]-[/]")
+                elif v["passed"]:
+                    sp = v.get("speedup_vs_eager")
+                    cells.append("[green]passed[/]" + (f" {sp:.2f}x" if sp else ""))
+                else:
+                    cells.append(f"[red]{v['check']}[/]: {v['message'][:60]}")
+            origin = c["origin"] + (f" (repair {c['round']})" if c["round"] else "")
+            table.add_row(label, origin, *cells)
+        out.print(table)
+    for note in result.get("messages") or []:
+        out.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    status = result.get("status")
+    colour = "green" if status in RUN_OK else "red"
+    line = f"[{colour}]{status}[/]"
+    if status == "merged":
+        line += f": {result['name']} -> {result['merged']}"
+    elif status == "reused":
+        line += f": {result['reuse']['reason']} ({result['reuse']['path']})"
+    elif status == "dry-run":
+        line += f": {result['name']} passed ({result.get('decision')}); not merged (--dry-run)"
+    elif status == "kept-existing":
+        line += f": {result.get('decision')}"
+    elif status == "failed":
+        line += ": no candidate passed verification; nothing was merged"
+    out.print(line, highlight=False, soft_wrap=True)
+    out.print(f"run {result.get('run_id')} in {result.get('wall_s', 0):.1f} s", highlight=False)
+
+
+def _finish_run(result: dict, as_json: bool) -> None:
+    if as_json:
+        emit_json(result)
+    else:
+        _print_run(result, console)
+    status = result.get("status")
+    if status == "not-understood":
+        hint = "" if result.get("llm", {}).get("enabled") else (
+            "; set KERNELGEN_BASE_URL or OPENAI_API_KEY to let an LLM write the spec")
+        fail(f"cannot understand the request: {result.get('compose_error') or 'no spec'}{hint}")
+    if status not in RUN_OK:
+        raise typer.Exit(1)
+
+
+@app.command("new")
+def new_op(
+    request: str = typer.Argument(..., help='What the op computes, e.g. "fused rmsnorm + residual".'),
+    name: str | None = typer.Option(None, "--name", help="Op name (default: derived from the request)."),
+    backend: list[str] | None = typer.Option(None, "--backend", "-b",
+                                             help="Verify on these backends (default: every available one)."),
+    library: Path | None = typer.Option(None, "--library", help="Merge into this library folder "
+                                        "(default: the built-in library)."),
+    llm: bool | None = typer.Option(None, "--llm/--no-llm", help="Use the LLM (default: when "
+                                    "KERNELGEN_BASE_URL or OPENAI_API_KEY is set)."),
+    candidates: int = typer.Option(2, "--candidates", min=0, help="LLM candidates to generate."),
+    rounds: int = typer.Option(2, "--rounds", min=0, help="LLM repair rounds for failing candidates."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Everything but the merge."),
+    replace: bool = typer.Option(False, "--replace", help="Replace an existing op of that name, but only "
+                                 "by one that passes and is faster."),
+    trials: int = typer.Option(3, "--trials", min=1, help="Accuracy trials (fresh seeds) per candidate."),
+    timeout: float = typer.Option(300.0, "--timeout", min=1.0, help="Seconds per candidate and backend."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable result on stdout."),
+) -> None:
+    """Generate an op from a sentence: understand, retrieve, generate, verify, repair, select, merge."""
+    from kernelgen.agents.graph import llm_settings, start_run
+    from kernelgen.agents.llm import llm_configured
+    from kernelgen.agents.runs import new_run_id
+    from kernelgen.backends import available_backends, get_backend
+    from kernelgen.library import builtin_library
+    from kernelgen.spec import NAME_RE
+
+    if not request.strip():
+        fail("the request is empty; say what the op computes, e.g. \"fused rmsnorm + residual\"")
+    if name is not None and not NAME_RE.match(name):
+        fail(f"--name must be lower_snake_case (letters, digits, _), got {name!r}")
+    names = _backend_names(backend) if backend else [b.name for b in available_backends()]
+    for b in names:
+        if not get_backend(b).available():
+            fail(f"backend {b!r} is not available on this machine (see `kernelgen backends`)")
+    if not names:
+        fail("no backend is available on this machine (see `kernelgen backends`)")
+    if library is not None and library.exists() and not library.is_dir():
+        fail(f"--library {library} is not a folder")
+    use_llm = llm_configured() if llm is None else llm
+    if llm and not llm_configured():
+        fail("--llm needs KERNELGEN_BASE_URL (an OpenAI-compatible server) or OPENAI_API_KEY")
+    options = {
+        "name": name, "library": str((library or builtin_library()).expanduser().resolve()), "backends": names,
+        "candidates": candidates, "rounds": rounds, "dry_run": dry_run, "replace": replace, "trials": trials,
+        "timeout": timeout, "perf": True, "with_compile": True,
+    }
+    run_id = new_run_id()
+    out = err_console if as_json else console
+    out.print(f"run [bold]{run_id}[/] (resume with: kernelgen resume {run_id})", highlight=False)
+    result = start_run(request, options, llm_settings(use_llm), run_id=run_id, listener=_progress(out))
+    _finish_run(result, as_json)
+
+
 @app.command("compose")
 def compose_cmd(
     request: str = typer.Argument(..., help='What the op computes, e.g. "fused rmsnorm + residual".'),
@@ -165,6 +292,55 @@ def compose_cmd(
     console.print(dump_spec(comp.spec), highlight=False, markup=False)
     if written:
         console.print(f"wrote {written}/kernel.py and spec.toml", highlight=False)
+
+
+@app.command("runs")
+def list_runs_cmd(
+    limit: int = typer.Option(20, "--limit", min=1, help="How many recent runs."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Recent `kernelgen new` runs with their state (interrupted runs can be resumed)."""
+    import time as _time
+
+    from kernelgen.agents.graph import list_runs
+
+    rows = list_runs(limit)
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table(title=f"kernelgen runs ({len(rows)})")
+    for col in ("run", "status", "next", "op", "request", "started"):
+        table.add_column(col)
+    for r in rows:
+        res = r.get("result") or {}
+        colour = "green" if r["status"] in RUN_OK else "yellow" if r["status"] in ("running", "interrupted") else "red"
+        table.add_row(r["run_id"], f"[{colour}]{r['status']}[/]", r.get("next") or "-", res.get("name") or "-",
+                      r["request"], _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(r["created"])))
+    console.print(table)
+
+
+@app.command("resume")
+def resume_cmd(
+    run_id: str = typer.Argument(..., help="A run id from `kernelgen runs`."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable result on stdout."),
+) -> None:
+    """Continue an interrupted `kernelgen new` run from its last finished stage."""
+    from kernelgen.agents.graph import resume_run
+    from kernelgen.agents.runs import RunNotFound, connect, get_run
+
+    conn = connect()
+    try:
+        get_run(conn, run_id)
+    except RunNotFound as exc:
+        fail(str(exc))
+    finally:
+        conn.close()
+    out = err_console if as_json else console
+    out.print(f"resuming run [bold]{run_id}[/]", highlight=False)
+    result = resume_run(run_id, listener=_progress(out))
+    if not result.get("resumed", True):
+        out.print("the run had already finished; its result:", highlight=False)
+    _finish_run(result, as_json)
 
 
 # ---- kernelgen verify ----------------------------------------------------------------------------------
