@@ -128,6 +128,12 @@ def speedup_png(verdicts: Sequence[Verdict], path: str | Path) -> Path:
             x += 0.6  # a gap between ops
         ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
         ax.set_yscale("log")
+        from matplotlib.ticker import FuncFormatter
+
+        label = FuncFormatter(lambda y, _: f"{y:g}x")  # 0.5x, 2x: not 5x10^-1
+        ax.yaxis.set_major_formatter(label)
+        ax.yaxis.set_minor_formatter(label)
+        ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.set_ylabel("speedup (baseline ms / kernel ms)")
         ax.set_xticks(ticks)
         ax.set_xticklabels(labels, fontsize=7)
