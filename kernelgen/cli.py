@@ -271,9 +271,9 @@ def compose_cmd(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Dry run of the embedded composer: print what it understood and the spec; --out writes the op folder."""
-    from kernelgen.agents.composer import ComposeError, compose
     from pathlib import Path
 
+    from kernelgen.agents.composer import ComposeError, compose
     from kernelgen.spec import dump_spec
 
     out_dir = Path(out) if out is not None else None

@@ -111,7 +111,9 @@ class _Loads:
         n = inp.name
         if inp.role in ("rows", "rows4d"):
             expr = f"tl.load({n}_ptr + {self.row} * stride_{n}_row + {self.col} * stride_{n}_col, mask={self.mask}"
-            expr += ", other=0)" if inp.dtype == "bool" else ", other=0.0)"
+            if inp.dtype == "bool":
+                return expr + ", other=0) != 0"  # a bool mask, as int1 whatever the pointer's element type
+            expr += ", other=0.0)"
         elif inp.role == "cols":
             expr = f"tl.load({n}_ptr + {self.col} * stride_{n}, mask={self.col_mask}, other=0.0)"
         elif inp.role == "per_row":
@@ -401,6 +403,8 @@ def reduction_source(g: FusionGraph, fn: str, request: str) -> str:
             "    v_max = tl.max(m_acc, axis=0)",
             "    denom = tl.sum(s_acc * tl.exp(m_acc - v_max), axis=0)",
         ]
+        if k == "logsumexp":
+            looped.append("    r = v_max + tl.log(denom)")
     elif k == "max":
         looped += ['    m_acc = tl.full([BLOCK_N], float("-inf"), tl.float32)', loop, *block("        "),
                    f'        m_acc = tl.maximum(m_acc, tl.where(in_bounds, {v}, float("-inf")))',

@@ -141,7 +141,7 @@ def _segment_steps(seg: list[Item], mods: dict[str, list[float]]) -> list[Step]:
         if it.value == "mul" and it.numbers:
             steps.append(Step("scale", "pointwise", it.numbers))  # "* 0.125"
             continue
-        if it.value == "where" and "causal" in mods:
+        if it.value == "where" and ("causal" in mods or nxt == "where"):  # "where mask", "masked fill"
             continue  # "causal masked softmax": the mask is the causal one
         if it.value == "tanh" and "gelu" in ops:
             continue  # "gelu tanh": the approximation, not a second op
