@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -35,6 +36,10 @@ REQUESTS = [
     "rms norm then silu",
     "dequantize int8 with per-row scale",
 ]
+
+
+# No background compile workers: they compete with the host side of the launches being timed.
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 
 def run(requests: list[str], trials: int) -> dict:
