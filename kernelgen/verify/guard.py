@@ -86,13 +86,30 @@ def _counting(run):
     return wrapped
 
 
+def _triton_owned(run):
+    """Autotuning benchmarks configs with torch ops of its own (an L2-flush buffer, zeroed between runs):
+    those are Triton's. The launches it makes still go through JITFunction.run and are counted there."""
+
+    def wrapped(self, *args, **kwargs):
+        if _current() is None:
+            return run(self, *args, **kwargs)
+        with _disable_current_modes():
+            return run(self, *args, **kwargs)
+
+    wrapped._kernelgen_counting = True  # type: ignore[attr-defined]
+    return wrapped
+
+
 def _install_launch_hooks() -> None:
+    from triton.runtime.autotuner import Autotuner
     from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
 
     for cls in (JITFunction, InterpretedFunction):
         if not getattr(cls.run, "_kernelgen_counting", False):
             cls.run = _counting(cls.run)
+    if not getattr(Autotuner.run, "_kernelgen_counting", False):
+        Autotuner.run = _triton_owned(Autotuner.run)
 
 
 @contextlib.contextmanager
