@@ -191,3 +191,53 @@ def test_replace_keeps_a_passing_existing_op_unless_the_new_one_is_faster(tmp_pa
     assert keep is False and "not faster" in why
     # only the interpreter selected: the existing op has no interpreter record, so the passing new op wins
     assert nodes.replace_decision(existing, cand("n", interpreter=ok()), ["interpreter"])[0] is True
+
+
+def test_merge_is_atomic_and_idempotent_and_clears_leftovers_of_an_interrupted_merge(env, tmp_path):
+    from kernelgen.library import builtin_library, load_op, op_status
+    from kernelgen.spec import dump_spec, load_spec
+
+    src = builtin_library() / "ops" / "rms_norm"
+    spec_text = dump_spec(load_spec(src / "spec.toml"))
+    lib = tmp_path / "lib"
+    record = {"op": "rms_norm", "backend": "interpreter", "passed": True, "check": "", "message": ""}
+    state = {"run_id": "r1", "name": "rms_norm", "spec": spec_text, "winner": "composer",
+             "options": {"library": str(lib), "backends": ["interpreter"]},
+             "candidates": [dict(cand("composer", "composer", interpreter=record),
+                                 kernel=(src / "kernel.py").read_text())]}
+    (lib / "ops" / ".tmp-rms_norm-abc").mkdir(parents=True)  # what a merge killed midway leaves
+    (lib / "ops" / ".tmp-rms_norm-abc" / "kernel.py").write_text("partial")
+    first = nodes.merge(state)
+    assert sorted(p.name for p in (lib / "ops").iterdir()) == ["rms_norm"]
+    op = load_op(lib / "ops" / "rms_norm")
+    assert op_status(op, "interpreter")["status"] == "verified"
+    mtime = (lib / "ops" / "rms_norm" / "kernel.py").stat().st_mtime_ns
+    # resume re-runs merge after it had finished: recognised, nothing rewritten
+    assert nodes.merge(state)["merged"] == first["merged"]
+    assert (lib / "ops" / "rms_norm" / "kernel.py").stat().st_mtime_ns == mtime
+    # dry run writes nothing
+    dry = dict(state, options=dict(state["options"], library=str(tmp_path / "other"), dry_run=True))
+    assert nodes.merge(dry)["merged"] is None and not (tmp_path / "other").exists()
+
+
+def test_generate_asks_the_llm_with_the_composer_spec_and_retrieved_examples(env, tmp_path):
+    from kernelgen.agents.composer import compose
+    from kernelgen.spec import dump_spec
+
+    comp = compose("silu and mul")
+    state = {"run_id": "g1", "request": "silu and mul", "name": comp.spec.name, "spec": dump_spec(comp.spec),
+             "composition": {"kernel": comp.kernel_source, "summary": comp.summary},
+             "options": {"library": str(tmp_path / "lib"), "backends": ["interpreter"], "candidates": 2},
+             "hits": nodes.retrieve({"request": "silu and mul", "options": {"library": str(tmp_path / "lib")}})["hits"]}
+    with ScriptedLLM(["```python\n# first\n```", "no code at all"]) as srv:
+        env.setenv("KERNELGEN_BASE_URL", srv.url)
+        state["llm"] = {"enabled": True}
+        out = nodes.generate(state)
+        prompts = srv.user_prompts()
+    assert [c["id"] for c in out["candidates"]] == ["composer", "llm-1", "llm-2"]
+    assert out["candidates"][1]["kernel"] == "# first\n" and not out["candidates"][1]["error"]
+    assert out["candidates"][2]["error"] == "the answer has no ```python block"  # verified as a static failure
+    assert len(prompts) == 2
+    assert f'function = "{comp.spec.function}"' in prompts[0]  # the spec it must satisfy
+    assert "silu_and_mul/kernel.py" in prompts[0] and "@triton.jit" in prompts[0]  # the nearest library op
+    assert out["llm"]["attempts"] == ["HTTP 200", "HTTP 200"]

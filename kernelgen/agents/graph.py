@@ -7,6 +7,7 @@ in the checkpointer is its run id, so `kernelgen resume RUN_ID` continues from t
 from __future__ import annotations
 
 import operator
+import os
 import time
 from collections.abc import Callable
 from typing import Annotated, Any, TypedDict
@@ -121,6 +122,9 @@ def resume_run(run_id: str, listener: nodes.Listener | None = None) -> dict[str,
     conn = runs_mod.connect()
     try:
         info = runs_mod.get_run(conn, run_id)
+        if info["status"] == "running" and info["pid"] != os.getpid():
+            raise KernelgenError(f"run {run_id!r} is still running (process {info['pid']}); "
+                                 "resume it only once that process has ended")
         app = build_graph(runs_mod.checkpointer(conn))
         snapshot = app.get_state({"configurable": {"thread_id": run_id}})
     finally:

@@ -88,12 +88,8 @@ def understand(state: dict) -> dict:
     request the spec is left to the LLM (in `generate`), or the run reuses what retrieval finds."""
     request, name = state["request"], _opts(state).get("name")
     emit("understand", f"request: {request!r}")
-    try:
-        from kernelgen.agents.composer import ComposeError, compose
-    except ImportError as exc:  # the composer module is optional at import time only while it is being built
-        msg = f"the composer is not available ({exc})"
-        emit("understand", msg, "yellow")
-        return {"composition": None, "compose_error": msg, "name": name, "spec": None}
+    from kernelgen.agents.composer import ComposeError, compose
+
     try:
         comp = compose(request, name=name)
     except ComposeError as exc:
@@ -288,6 +284,7 @@ def candidate_folder(state: dict, cand: dict) -> Path:
 def verify(state: dict) -> dict:
     """Every candidate not yet verified, on every selected backend, through the sandbox."""
     from kernelgen.verify.sandbox import verify_candidate
+    from kernelgen.verify.verdict import Verdict
 
     opts = _opts(state)
     backends = opts.get("backends") or []
@@ -303,9 +300,13 @@ def verify(state: dict) -> dict:
                 continue
             emit("verify", f"{cand['id']} on {b}: running")
             t0 = time.perf_counter()
-            verdict = verify_candidate(candidate_folder(state, cand), b, timeout=float(opts.get("timeout", 120.0)),
-                                       perf=bool(opts.get("perf", True)), trials=int(opts.get("trials", 3)),
-                                       write=False, with_compile=bool(opts.get("with_compile", True)))
+            try:
+                verdict = verify_candidate(
+                    candidate_folder(state, cand), b, timeout=float(opts.get("timeout", 120.0)),
+                    perf=bool(opts.get("perf", True)), trials=int(opts.get("trials", 3)), write=False,
+                    with_compile=bool(opts.get("with_compile", True)), candidate=cand["id"])
+            except Exception as exc:  # the verifier failing on one candidate is that candidate's verdict
+                verdict = Verdict.fail(state["name"], b, "sandbox", f"verifier error: {type(exc).__name__}: {exc}")
             verdict.candidate = cand["id"]
             cand["verdicts"][b] = verdict.to_dict()
             took = time.perf_counter() - t0
