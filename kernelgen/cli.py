@@ -204,7 +204,10 @@ def _finish_run(result: dict, as_json: bool) -> None:
     if status == "not-understood":
         hint = "" if result.get("llm", {}).get("enabled") else (
             "; set KERNELGEN_BASE_URL or OPENAI_API_KEY to let an LLM write the spec")
-        fail(f"cannot understand the request: {result.get('compose_error') or 'no spec'}{hint}")
+        from kernelgen.agents.nodes import short_compose_error
+
+        why = short_compose_error(result.get("compose_error") or "") or "no spec"
+        fail(f"cannot understand the request: {why}{hint}")
     if status not in RUN_OK:
         raise typer.Exit(1)
 

@@ -83,6 +83,12 @@ def _find_existing(name: str | None, library: Path) -> dict[str, Any] | None:
 
 
 # ---- understand ------------------------------------------------------------------------------------
+def short_compose_error(message: str) -> str:
+    """The composer's message without its vocabulary listing (kept whole in the run's result)."""
+    head = message.split(" Vocabulary --")[0].strip()
+    return head if head == message.strip() else head + " (vocabulary: README, 'The composer')"
+
+
 def understand(state: dict) -> dict:
     """Request -> OpSpec through the composer (deterministic, no network). When it cannot parse the
     request the spec is left to the LLM (in `generate`), or the run reuses what retrieval finds."""
@@ -93,7 +99,7 @@ def understand(state: dict) -> dict:
     try:
         comp = compose(request, name=name)
     except ComposeError as exc:
-        emit("understand", f"composer: {exc}", "yellow")
+        emit("understand", f"composer: {short_compose_error(str(exc))}", "yellow")
         return {"composition": None, "compose_error": str(exc), "name": name, "spec": None}
     from kernelgen.spec import dump_spec
 
@@ -218,6 +224,8 @@ def generate(state: dict) -> dict:
             out["messages"].append(msg)
             emit("generate", msg, "red")
         llm_state["attempts"] = list(llm_state.get("attempts") or []) + client.attempts
+    if not cands and not llm_state.get("enabled"):
+        emit("generate", "no candidate: the composer could not parse the request and no LLM is configured", "red")
     out["candidates"] = cands
     out["llm"] = llm_state
     name = out.get("name", state.get("name"))
