@@ -144,9 +144,16 @@ RUN_OK = ("merged", "reused", "dry-run", "kept-existing")
 def _progress(out: Console):
     """Listener for the run's nodes: a header per stage, then one line per event."""
 
+    spinner: list = []  # the live status line of a long step (verification), on terminals only
+
     def listen(stage: str, message: str, style: str) -> None:
+        while spinner:
+            spinner.pop().stop()
         if style == "stage":
             out.print(f"[bold cyan]▸ {stage}[/]", highlight=False)
+        elif message.endswith(": running") and out.is_terminal:
+            spinner.append(out.status(f"  {message}"))
+            spinner[-1].start()
         elif message:
             out.print(f"  [{style}]{message}[/]" if style else f"  {message}", highlight=False, soft_wrap=True)
 
@@ -207,6 +214,8 @@ def _finish_run(result: dict, as_json: bool) -> None:
         from kernelgen.agents.nodes import short_compose_error
 
         why = short_compose_error(result.get("compose_error") or "") or "no spec"
+        if result.get("llm", {}).get("error"):
+            why += f"; and the LLM could not write the spec: {result['llm']['error']}"
         fail(f"cannot understand the request: {why}{hint}")
     if status not in RUN_OK:
         raise typer.Exit(1)
