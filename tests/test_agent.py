@@ -241,3 +241,37 @@ def test_generate_asks_the_llm_with_the_composer_spec_and_retrieved_examples(env
     assert f'function = "{comp.spec.function}"' in prompts[0]  # the spec it must satisfy
     assert "silu_and_mul/kernel.py" in prompts[0] and "@triton.jit" in prompts[0]  # the nearest library op
     assert out["llm"]["attempts"] == ["HTTP 200", "HTTP 200"]
+
+
+def test_same_reference_tells_equal_ops_from_near_misses():
+    from kernelgen.agents.composer import compose
+    from kernelgen.library import get_op
+
+    silu = get_op("silu_and_mul").spec
+    gelu = get_op("gelu_and_mul").spec  # exact (erf) GELU
+    assert nodes.same_reference(compose("silu and mul").spec, silu)
+    assert nodes.same_reference(compose("fused rmsnorm + residual").spec, get_op("fused_add_rms_norm").spec)
+    assert not nodes.same_reference(compose("gelu and mul (tanh approximation)").spec, gelu)  # tanh != erf
+    assert not nodes.same_reference(compose("silu and mul").spec, gelu)
+    assert not nodes.same_reference(compose("residual add then layernorm").spec, get_op("layer_norm").spec)
+
+
+def test_retrieve_reuses_an_equivalent_op_of_the_target_library_only(env, tmp_path):
+    import shutil
+
+    from kernelgen.agents.composer import compose
+    from kernelgen.library import builtin_library
+    from kernelgen.spec import dump_spec
+
+    comp = compose("silu and mul")
+    assert comp.spec.name != "silu_and_mul"  # so the reuse below is by equivalence, not by name
+    state = {"request": "silu and mul", "name": comp.spec.name, "spec": dump_spec(comp.spec),
+             "options": {"library": str(tmp_path / "lib")}}
+    # the built-in silu_and_mul is not in the target library: generate
+    assert nodes.retrieve(state)["reuse"] is None
+    shutil.copytree(builtin_library() / "ops" / "silu_and_mul", tmp_path / "lib" / "ops" / "silu_and_mul")
+    reuse = nodes.retrieve(state)["reuse"]
+    assert reuse["name"] == "silu_and_mul" and reuse["path"] == str(tmp_path / "lib" / "ops" / "silu_and_mul")
+    assert "computes the same thing" in reuse["reason"]
+    # --replace: no reuse, the run generates
+    assert nodes.retrieve(dict(state, options=dict(state["options"], replace=True)))["reuse"] is None
