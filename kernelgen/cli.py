@@ -268,10 +268,14 @@ def new_op(
         "candidates": candidates, "rounds": rounds, "dry_run": dry_run, "replace": replace, "trials": trials,
         "timeout": timeout, "perf": True, "with_compile": True,
     }
+    try:
+        llm_state = llm_settings(use_llm)
+    except KernelgenError as exc:
+        fail(str(exc))
     run_id = new_run_id()
     out = err_console if as_json else console
     out.print(f"run [bold]{run_id}[/] (resume with: kernelgen resume {run_id})", highlight=False)
-    result = start_run(request, options, llm_settings(use_llm), run_id=run_id, listener=_progress(out))
+    result = start_run(request, options, llm_state, run_id=run_id, listener=_progress(out))
     _finish_run(result, as_json)
 
 

@@ -275,3 +275,11 @@ def test_retrieve_reuses_an_equivalent_op_of_the_target_library_only(env, tmp_pa
     assert "computes the same thing" in reuse["reason"]
     # --replace: no reuse, the run generates
     assert nodes.retrieve(dict(state, options=dict(state["options"], replace=True)))["reuse"] is None
+
+
+def test_bad_llm_settings_are_named(env):
+    from kernelgen.errors import KernelgenError
+
+    env.setenv("KERNELGEN_LLM_RETRIES", "lots")
+    with pytest.raises(KernelgenError, match="KERNELGEN_LLM_RETRIES must be a non-negative int, got 'lots'"):
+        llm_mod.LLMConfig.from_env()

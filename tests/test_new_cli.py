@@ -311,8 +311,12 @@ def test_rotary_embedding_request_reuses_the_library_op(env, tmp_path):
     (["new", "add + relu", "--llm"], "--llm needs KERNELGEN_BASE_URL"),
     (["new", "  "], "the request is empty"),
     (["resume", "no-such-run"], "no run 'no-such-run'"),
+    (["new", "add + relu", "--llm", "--candidates", "1"], "KERNELGEN_LLM_TIMEOUT must be a non-negative float"),
 ])
 def test_user_errors_exit_2_with_one_line(env, tmp_path, args, words):
+    if "KERNELGEN_LLM_TIMEOUT" in words:
+        env.setenv("KERNELGEN_BASE_URL", "http://127.0.0.1:9/v1")
+        env.setenv("KERNELGEN_LLM_TIMEOUT", "soon")
     code, res, err = cli(*args, "--library", str(tmp_path / "lib")) if args[0] == "new" else cli(*args)
     assert code == 2 and words in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "lib").exists()

@@ -35,6 +35,19 @@ def llm_configured() -> bool:
     return bool(os.environ.get("OPENAI_API_KEY") or os.environ.get("KERNELGEN_BASE_URL"))
 
 
+def _env_number(var: str, default, kind):
+    raw = os.environ.get(var, "")
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise KernelgenError(f"{var} must be a non-negative {kind.__name__}, got {raw!r}")
+    return value
+
+
 @dataclass
 class LLMConfig:
     base_url: str | None
@@ -52,9 +65,9 @@ class LLMConfig:
             model=env.get("KERNELGEN_MODEL") or DEFAULT_MODEL,
             # the SDK insists on a key; servers such as vLLM or Ollama ignore it
             api_key=env.get("OPENAI_API_KEY") or "not-needed",
-            timeout=float(env.get("KERNELGEN_LLM_TIMEOUT", "120")),
-            retries=int(env.get("KERNELGEN_LLM_RETRIES", "3")),
-            backoff=float(env.get("KERNELGEN_LLM_BACKOFF", "1.0")),
+            timeout=_env_number("KERNELGEN_LLM_TIMEOUT", 120.0, float),
+            retries=_env_number("KERNELGEN_LLM_RETRIES", 3, int),
+            backoff=_env_number("KERNELGEN_LLM_BACKOFF", 1.0, float),
         )
 
     def endpoint(self) -> str:
