@@ -201,10 +201,14 @@ def test_server_down_gives_a_clear_message_and_the_composer_candidate_is_merged(
 
 # ---- 5. SIGKILL during verification, then resume ---------------------------------------------------
 def _children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
+    """Child processes of `pid`, whichever of its threads started them (Linux /proc)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return found
 
 
 def test_run_killed_during_verification_is_finished_by_resume(env, tmp_path):
@@ -221,8 +225,11 @@ def test_run_killed_during_verification_is_finished_by_resume(env, tmp_path):
         if "on interpreter: running" in line:
             break
     assert run_id and proc.poll() is None, "".join(seen)
-    time.sleep(1.5)  # the sandbox worker is verifying now
-    workers = _children(proc.pid)
+    deadline = time.monotonic() + 30
+    while not (workers := _children(proc.pid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert workers, "the sandbox worker never started"
+    time.sleep(0.5)  # the worker is verifying now
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     for pid in workers:  # the worker lives in its own session: end it too, it is ours
