@@ -105,7 +105,7 @@ def enable(
     lib = torch.library.Library("aten", "IMPL")
     reg = Registration(be, lib)
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*Overriding a previously registered kernel.*")
+        warnings.filterwarnings("ignore", message="(?s).*Overriding a previously registered kernel")
         for op in ops:
             if (include is not None and op.name not in include) or op.name in (exclude or []):
                 continue

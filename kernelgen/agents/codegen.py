@@ -55,6 +55,16 @@ HELPERS = '''
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+# Host-side arithmetic in plain Python: triton.next_power_of_2 and triton.cdiv are constexpr functions
+# whose calls from the host cost about 10 us each, more than a small kernel takes on the GPU.
+def _next_power_of_2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def _cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
 def _num_warps(block: int) -> int:
     # float32 math: 4 elements (16 bytes) per thread per load, between 1 and 16 warps
     return max(1, min(16, block // 128))
@@ -62,6 +72,8 @@ def _num_warps(block: int) -> int:
 
 def _broadcast_shape(*shapes):
     """The broadcast of several shapes (PyTorch rules), computed on sizes only."""
+    if all(s == shapes[0] for s in shapes):
+        return tuple(shapes[0])  # the common case, without the general walk
     out = []
     for dims in zip(*[(1,) * (max(map(len, shapes)) - len(s)) + tuple(s) for s in shapes]):
         sizes = {d for d in dims if d != 1}
@@ -73,6 +85,8 @@ def _broadcast_shape(*shapes):
 
 def _rows(t, shape):
     """t broadcast to `shape` and seen as rows [M, N] through views only (a broadcast dim has stride 0)."""
+    if t.dim() == 2 and t.shape == shape:
+        return t  # already rows: no view op to pay for on the host
     try:
         return t.expand(shape).view(-1, shape[-1])
     except RuntimeError:
@@ -275,10 +289,10 @@ def pointwise_source(g: FusionGraph, fn: str, request: str) -> str:
         *_views(g),
         "    y2 = y.view(-1, N)",
         "    M = y2.shape[0]",
-        "    block_n = min(triton.next_power_of_2(N), max_block or 1024, 1024)",
+        "    block_n = min(_next_power_of_2(N), max_block or 1024, 1024)",
         "    # about 4K elements per program: enough work per tile to hide memory latency",
-        "    block_m = max(1, min(triton.next_power_of_2(M), 4096 // block_n))",
-        "    grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))",
+        "    block_m = max(1, min(_next_power_of_2(M), 4096 // block_n))",
+        "    grid = (_cdiv(M, block_m), _cdiv(N, block_n))",
         f"    _{fn}_kernel[grid]({', '.join(f'{i.name}2' for i in g.tensor_inputs())}, y2,",
         f"        {', '.join(call_strides + ['M', 'N'] + _scalar_call(g))},",
         "        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=_num_warps(block_m * block_n))",
@@ -464,7 +478,7 @@ def reduction_source(g: FusionGraph, fn: str, request: str) -> str:
         *(["    h2 = h.view(-1, N)"] if h_out else []),
         f"    M = {rows_inputs[0]}2.shape[0]",
         "    limit = min(MAX_FUSED_N, max_block or MAX_FUSED_N)",
-        "    block_n = triton.next_power_of_2(N)",
+        "    block_n = _next_power_of_2(N)",
         f"    kernel = _{fn}_row",
         "    if block_n > limit:",
         f"        kernel, block_n = _{fn}_looped, min(limit, 4096)",
@@ -580,7 +594,7 @@ def matmul_source(g: FusionGraph, fn: str, request: str) -> str:
         "    if y.numel() == 0:",
         "        return y",
         *[ln for ln in _views(g) if "a2 =" not in ln and "b2 =" not in ln],
-        '    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)',
+        '    grid = lambda meta: (_cdiv(M, meta["BLOCK_M"]) * _cdiv(N, meta["BLOCK_N"]),)',
         f"    _{fn}_tuned[grid](a, b, {''.join(f'{i.name}2, ' for i in epi_inputs)}y,",
         f"        {', '.join(call + ['M', 'N', 'K', 'max_block or 1 << 30'] + _scalar_call(g))},",
         "        FP32_DOT=_fp32_dot(a, b))",

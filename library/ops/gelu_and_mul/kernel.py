@@ -10,6 +10,16 @@ import torch
 import triton
 import triton.language as tl
 
+
+# Host-side arithmetic in plain Python: triton.next_power_of_2 and triton.cdiv are constexpr functions
+# whose calls from the host cost about 10 us each, more than a small kernel takes on the GPU.
+def _next_power_of_2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def _cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
 # Column tile: 2048 elements with 32 bytes of each input per thread (4 warps for 16-bit, 8 for float32).
 # At [4096, 4096] that is 8192 programs, enough to fill 132 SMs many times over. Chosen from the usual
 # elementwise tiling (1-4K elements per program); not yet swept on hardware.
@@ -84,8 +94,8 @@ def gelu_and_mul(a, b=None, approximate="none", *, max_block=None):
     M, N = a2.shape
     if M == 0 or N == 0:
         return y
-    block_n = min(triton.next_power_of_2(N), BLOCK_N_MAX, max_block or BLOCK_N_MAX)
-    grid = (M, triton.cdiv(N, block_n))
+    block_n = min(_next_power_of_2(N), BLOCK_N_MAX, max_block or BLOCK_N_MAX)
+    grid = (M, _cdiv(N, block_n))
     _gelu_and_mul_kernel[grid](a2, b2, y, a2.stride(0), a2.stride(1), b2.stride(0), b2.stride(1), N,
                                APPROX_TANH=approximate == "tanh", BLOCK_N=block_n,
                                num_warps=_num_warps(block_n, a.element_size()))

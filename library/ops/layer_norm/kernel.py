@@ -12,6 +12,13 @@ import torch
 import triton
 import triton.language as tl
 
+
+# Host-side arithmetic in plain Python: triton.next_power_of_2 and triton.cdiv are constexpr functions
+# whose calls from the host cost about 10 us each, more than a small kernel takes on the GPU.
+def _next_power_of_2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
 MAX_FUSED_N = 16384  # longest row kept in registers (bf16 rows of 16K fit with 16 warps)
 LOOP_BLOCK_N = 4096  # block of the looped variant: 16 bytes per thread per load at 16 warps for bf16
 
@@ -121,7 +128,7 @@ def _layer_norm(x, weight, bias, eps, max_block=None, stats_dtype=None):
     if M == 0 or N == 0:
         return y, stats
     limit = min(MAX_FUSED_N, max_block or MAX_FUSED_N)
-    block_n = triton.next_power_of_2(N)
+    block_n = _next_power_of_2(N)
     kernel = _layer_norm_row
     if block_n > limit:
         kernel, block_n = _layer_norm_looped, min(limit, LOOP_BLOCK_N)

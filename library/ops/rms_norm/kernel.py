@@ -9,7 +9,14 @@ import torch
 import triton
 import triton.language as tl
 
-MAX_FUSED_N = 16384  # longest row kept in registers (bf16 rows of 16K fit with 16 warps)
+
+# Host-side arithmetic in plain Python: triton.next_power_of_2 and triton.cdiv are constexpr functions
+# whose calls from the host cost about 10 us each, more than a small kernel takes on the GPU.
+def _next_power_of_2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+MAX_FUSED_N = 16384  # longest row kept in registers (16K fp32 values over 8 warps: 64 per thread, no spills)
 
 
 @triton.jit(do_not_specialize=["eps"])
@@ -47,8 +54,10 @@ def _rms_norm_looped(x_ptr, w_ptr, y_ptr, stride_x_row, stride_x_col, stride_y_r
 
 
 def _num_warps(block_n: int, elem_size: int) -> int:
-    # 16 bytes per thread per load; at most 16 warps
-    return max(1, min(16, block_n * elem_size // (16 * 32)))
+    # 16 bytes per thread per load, at most 8 warps: swept on the H100 (bf16, benchmarks/logs/sweep_rows_h100.log),
+    # 8 warps beat 16 at 4096x4096 (27.9 vs 28.5 us, the speed of a plain copy of the same bytes) and tie at
+    # 16384x8192 (183.6 vs 183.7 us).
+    return max(1, min(8, block_n * elem_size // (16 * 32)))
 
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -78,7 +87,7 @@ def rms_norm(x, weight=None, eps=1e-6, *, max_block=None):
     if M == 0 or N == 0:
         return y
     limit = min(MAX_FUSED_N, max_block or MAX_FUSED_N)
-    block_n = triton.next_power_of_2(N)
+    block_n = _next_power_of_2(N)
     kernel = _rms_norm_row
     if block_n > limit:
         kernel, block_n = _rms_norm_looped, min(limit, 4096)

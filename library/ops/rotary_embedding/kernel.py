@@ -13,6 +13,16 @@ import torch
 import triton
 import triton.language as tl
 
+
+# Host-side arithmetic in plain Python: triton.next_power_of_2 and triton.cdiv are constexpr functions
+# whose calls from the host cost about 10 us each, more than a small kernel takes on the GPU.
+def _next_power_of_2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def _cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
 # Tile of one program: BLOCK_H heads x BLOCK_R half-dim elements, at most TILE_MAX (per half). For
 # D = 128 (R = 64) that is 32 heads: one program covers all 32 query heads of a Llama token, 8 KB of bf16
 # read and 8 KB written, with 16 bytes per thread per load (8 warps for bf16). Not yet swept on hardware.
@@ -94,9 +104,9 @@ def rotary_embedding(q, k, cos, sin, *, max_block=None):
     if T == 0 or R == 0 or Hq + Hk == 0:
         return q_out, k_out
     tile = min(TILE_MAX, max_block or TILE_MAX)
-    block_r = triton.next_power_of_2(R)
-    block_h = max(1, min(triton.next_power_of_2(max(Hq, Hk)), tile // block_r))
-    q_blocks, k_blocks = triton.cdiv(Hq, block_h), triton.cdiv(Hk, block_h)
+    block_r = _next_power_of_2(R)
+    block_h = max(1, min(_next_power_of_2(max(Hq, Hk)), tile // block_r))
+    q_blocks, k_blocks = _cdiv(Hq, block_h), _cdiv(Hk, block_h)
     num_warps = max(1, min(MAX_WARPS, block_h * block_r * q.element_size() // (16 * 32)))
     _rotary_kernel[(T, q_blocks + k_blocks)](
         q, k, cos, sin, q_out, k_out, Hq, Hk, R, q_blocks, *q.stride(), *k.stride(), *cos.stride(), *sin.stride(),
