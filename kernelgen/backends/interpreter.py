@@ -11,6 +11,9 @@ import platform
 from kernelgen.backends.base import Backend, triton_interpreting
 from kernelgen.errors import BackendError
 
+_NOT_RUN = object()
+_probe_result: object = _NOT_RUN  # the interpreter self-test runs once per process
+
 
 class InterpreterBackend(Backend):
     name = "interpreter"
@@ -34,6 +37,19 @@ class InterpreterBackend(Backend):
             raise BackendError(
                 "the interpreter backend needs TRITON_INTERPRET=1 before triton is imported "
                 "(set it in the environment, or use the interpreter in its own process)"
+            )
+        global _probe_result
+        if _probe_result is _NOT_RUN:
+            from kernelgen.backends.interpreter_probe import loops_work
+
+            _probe_result = loops_work()
+        if _probe_result is not None:
+            import numpy
+            import triton
+
+            raise BackendError(
+                f"Triton {triton.__version__}'s interpreter cannot run loops with NumPy {numpy.__version__} "
+                f"({_probe_result}); install numpy<2.3 or a newer Triton"
             )
 
     def device_name(self) -> str:
