@@ -17,6 +17,26 @@ def interpreter():
     return backend
 
 
+EDGE_CASES = {"one row", "non-power-of-two", "longer than one block", "strided rows", "zero rows"}
+
+
+@pytest.fixture
+def assert_library_op_verifies(interpreter):
+    """Check a library op against its upcast reference on every dtype and every edge case (3 fresh seeds)."""
+
+    def check(name: str) -> None:
+        from kernelgen.library import get_op
+        from kernelgen.verify.accuracy import check_accuracy
+
+        op = get_op(name)
+        result = check_accuracy(op.spec, op.launcher(), interpreter, trials=3)
+        assert result.passed, result.message
+        assert EDGE_CASES <= {r["case"].split(" {")[0] for r in result.rows}
+        assert {r["dtype"] for r in result.rows} == {"float32", "float16", "bfloat16"}
+
+    return check
+
+
 @pytest.fixture(autouse=True)
 def _no_overrides_leak():
     yield

@@ -5,19 +5,13 @@ import pytest
 import torch
 
 from kernelgen.library import get_op
-from kernelgen.verify.accuracy import check_accuracy
 
 NORM_OPS = ["rms_norm", "fused_add_rms_norm", "layer_norm"]
 
 
 @pytest.mark.parametrize("name", NORM_OPS)
-def test_norm_op_matches_reference_on_every_dtype_and_edge_shape(name, interpreter):
-    op = get_op(name)
-    result = check_accuracy(op.spec, op.launcher(), interpreter, trials=3)
-    assert result.passed, result.message
-    cases = {r["case"].split(" {")[0] for r in result.rows}
-    assert {"one row", "non-power-of-two", "longer than one block", "strided rows", "zero rows"} <= cases
-    assert {r["dtype"] for r in result.rows} == {"float32", "float16", "bfloat16"}
+def test_norm_op_matches_reference_on_every_dtype_and_edge_shape(name, assert_library_op_verifies):
+    assert_library_op_verifies(name)
 
 
 def test_rms_norm_matches_reference_on_strided_rows_of_3d_input(interpreter):

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from kernelgen.library import get_op
-from kernelgen.verify.accuracy import check_accuracy
 from kernelgen.verify.guard import count_launches
 
 
@@ -26,13 +25,8 @@ def _tables(T, R, dtype=torch.float32):
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
-def test_rotary_embedding_matches_reference_on_every_dtype_and_edge_shape(interpreter):
-    op = get_op("rotary_embedding")
-    result = check_accuracy(op.spec, op.launcher(), interpreter, trials=3)
-    assert result.passed, result.message
-    cases = {r["case"].split(" {")[0] for r in result.rows}
-    assert {"one row", "non-power-of-two", "longer than one block", "strided rows", "zero rows"} <= cases
-    assert {r["dtype"] for r in result.rows} == {"float32", "float16", "bfloat16"}
+def test_rotary_embedding_matches_reference_on_every_dtype_and_edge_shape(assert_library_op_verifies):
+    assert_library_op_verifies("rotary_embedding")
 
 
 def test_rotary_embedding_grouped_query_heads_in_one_launch(interpreter):
