@@ -83,8 +83,9 @@ class _Ops:
             raise AttributeError(str(exc)) from None
         from kernelgen.backends import get_backend
 
-        (default_backend() or get_backend("interpreter")).prepare()
-        return op.launcher()
+        backend = default_backend() or get_backend("interpreter")
+        backend.prepare()
+        return op.launcher(backend.name)  # that backend's variant and tuning, if the op has them
 
     def __dir__(self):
         from kernelgen.library import discover

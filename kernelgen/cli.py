@@ -493,6 +493,74 @@ def _print_verdict_table(verdicts) -> None:
     console.print(table)
 
 
+@app.command("regen")
+def regen_cmd(
+    backend: str = typer.Option(..., "--backend", "-b", help="The backend (chip) to bring the library to."),
+    ops: list[str] | None = typer.Option(None, "--ops", help="Only these ops (repeatable; default: all)."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Verifications in parallel (processes; one GPU each)."),
+    out: str | None = typer.Option(None, "--out", "-o", help="Write report.json, report.md, speedup.png, "
+                                   "regen.png here."),
+    executor: str = typer.Option("local", "--executor", help="local | ray (cluster at RAY_ADDRESS)."),
+    library: str | None = typer.Option(None, "--library", help="Only the ops of this library folder."),
+    trials: int = typer.Option(3, "--trials", help="Fresh-seed trials per accuracy case."),
+    timeout: float = typer.Option(120.0, "--timeout", help="Seconds per verification before it is killed."),
+    llm: bool | None = typer.Option(None, "--llm/--no-llm", help="Use the LLM (default: when configured)."),
+    no_compile: bool = typer.Option(False, "--no-compile", help="Skip the torch.compile baseline."),
+    as_json: bool = typer.Option(False, "--json", help="The result as JSON on stdout."),
+) -> None:
+    """Verify every op on BACKEND; re-tune or regenerate those that fail or are slower than eager there.
+
+    Exit code 0: every op passes after; 1: some still fail; 2: bad usage."""
+    from kernelgen.backends import backend_names, get_backend
+    from kernelgen.regen import EXECUTORS, regenerate
+
+    if backend not in backend_names():
+        fail(f"unknown backend {backend!r}; known: {', '.join(backend_names())}")
+    if executor not in EXECUTORS:
+        fail(f"--executor must be one of {', '.join(EXECUTORS)}, not {executor!r}")
+    if timeout <= 0 or jobs < 1 or trials < 1:
+        fail("--timeout must be > 0, --jobs and --trials >= 1")
+    if library is not None and not Path(library).is_dir():
+        fail(f"--library {library} is not a folder")
+    if executor == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            fail("--executor ray needs ray: pip install 'kernelgen[ray]'")
+    if not get_backend(backend).available():
+        fail(f"backend {backend!r} is not available on this machine (see `kernelgen backends`)")
+    from kernelgen.regen import select_ops
+
+    try:
+        select_ops(ops, library)  # unknown op names are a usage error, before anything runs
+    except KernelgenError as exc:
+        fail(str(exc))
+
+    def event(op: str, message: str) -> None:
+        err_console.print(f"[bold]{op}[/]: {message}" if op else f"[cyan]{message}[/]", highlight=False)
+
+    result = regenerate(backend, ops=ops or None, jobs=jobs, executor=executor, out=out, library=library,
+                        trials=trials, timeout=timeout, with_compile=not no_compile, llm=llm, on_event=event)
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        s = result.summary()
+        table = Table(title=f"regen on {backend}: {s['passing_before']} of {s['total']} passing before, "
+                      f"{s['passing_after']} after")
+        for col in ("op", "before", "after", "action", "detail", "vs eager"):
+            table.add_column(col, no_wrap=col != "detail", ratio=1 if col == "detail" else None)
+        for o in result.ops:
+            speed = o.after.speedup_vs_eager
+            table.add_row(o.op, "[green]pass[/]" if o.before.passed else f"[red]FAIL[/] {o.before.check}",
+                          "[green]pass[/]" if o.after.passed else f"[red]FAIL[/] {o.after.check}", o.action,
+                          o.detail[:200], f"{speed:.2f}x" if speed else "-")
+        console.print(table)
+    if out:
+        err_console.print(f"reports written to {out}/ (report.json, report.md, speedup.png, regen.png)",
+                          highlight=False)
+    raise typer.Exit(0 if result.all_passing else 1)
+
+
 def main() -> None:
     try:
         app()

@@ -4,7 +4,8 @@ Layout of one op folder (`library/ops/<name>/`):
     kernel.py               @triton.jit kernels + a plain launcher per public function (+ ATen adapters)
     spec.toml               the OpSpec
     verified/<backend>.json written only by the verifier
-    tune/<backend>.json     optional launch parameters for that backend
+    tune/<backend>.json     optional launch parameters for that backend ({"launch": {kwarg: value}})
+    variants/<backend>/kernel.py  optional kernel.py used on that backend instead (written by `kernelgen regen`)
 
 Library roots, searched in order: the paths in KERNELGEN_LIBRARY (os.pathsep-separated), then the
 library shipped with the package. An op name found in an earlier root shadows later ones.
@@ -63,7 +64,7 @@ class Op:
     path: Path
     spec: OpSpec | None = None
     error: str = ""
-    _module: types.ModuleType | None = field(default=None, repr=False)
+    _modules: dict[str, types.ModuleType] = field(default_factory=dict, repr=False)
 
     @property
     def broken(self) -> bool:
@@ -73,35 +74,85 @@ class Op:
     def kernel_path(self) -> Path:
         return self.path / "kernel.py"
 
-    def source_hash(self) -> str:
-        return source_hash(self.path)
+    def kernel_path_for(self, backend: str | None = None) -> Path:
+        """`variants/<backend>/kernel.py` when the op has one for that backend, else `kernel.py`."""
+        if backend:
+            variant = variant_path(self.path, backend)
+            if variant.is_file():
+                return variant
+        return self.kernel_path
 
-    def module(self) -> types.ModuleType:
-        """kernel.py imported as its own module (once)."""
-        if self._module is None:
-            self._module = load_kernel_module(self.kernel_path, self.name)
-        return self._module
+    def source_hash(self, backend: str | None = None) -> str:
+        return source_hash(self.path, backend)
 
-    def launcher(self):
+    def module(self, backend: str | None = None) -> types.ModuleType:
+        """The kernel module for `backend` (its variant if it has one, with its tuned launch parameters
+        applied to the launcher), imported once per backend. No backend: plain kernel.py."""
+        key = backend or ""
+        if key not in self._modules:
+            path = self.kernel_path_for(backend)
+            launch = self.tuning(backend).get("launch", {}) if backend else {}
+            own = backend and (path != self.kernel_path or launch)  # a module of its own for this backend
+            module = load_kernel_module(path, f"{self.name}_{backend}" if own else self.name)
+            if launch and self.spec is not None and hasattr(module, self.spec.function):
+                # Replaced in the module itself, so ATen adapters that call the launcher get the tuning too.
+                setattr(module, self.spec.function, with_launch_params(getattr(module, self.spec.function), launch))
+            self._modules[key] = module
+        return self._modules[key]
+
+    def launcher(self, backend: str | None = None):
         assert self.spec is not None, self.error
-        return getattr(self.module(), self.spec.function)
+        return getattr(self.module(backend), self.spec.function)
 
     def record(self, backend: str) -> dict[str, Any] | None:
         return read_record(self.path, backend)
 
     def tuning(self, backend: str) -> dict[str, Any]:
-        p = self.path / "tune" / f"{backend}.json"
+        p = tuning_path(self.path, backend)
         return json.loads(p.read_text()) if p.is_file() else {}
 
 
-def source_hash(op_path: Path) -> str:
-    """Hash of what decides the op's behaviour: kernel.py and spec.toml. Records with another hash are stale."""
+def variant_path(op_path: Path, backend: str) -> Path:
+    return op_path / "variants" / backend / "kernel.py"
+
+
+def tuning_path(op_path: Path, backend: str) -> Path:
+    return op_path / "tune" / f"{backend}.json"
+
+
+def source_hash(op_path: Path, backend: str | None = None) -> str:
+    """Hash of what decides the op's behaviour: kernel.py and spec.toml, plus, for one backend, its
+    `variants/<backend>/kernel.py` and `tune/<backend>.json` when they exist. A backend with neither gets
+    the plain hash, so its records stay fresh when another backend gains a variant. Records with another
+    hash are stale."""
     h = hashlib.sha256()
     for fname in ("kernel.py", "spec.toml"):
         p = op_path / fname
         h.update(fname.encode())
         h.update(p.read_bytes() if p.is_file() else b"")
+    if backend:
+        for p in (variant_path(op_path, backend), tuning_path(op_path, backend)):
+            if p.is_file():
+                h.update(str(p.relative_to(op_path)).encode())
+                h.update(p.read_bytes())
     return h.hexdigest()[:16]
+
+
+def with_launch_params(launcher, launch: dict[str, Any]):
+    """The launcher with tuned keyword arguments. A tuned `max_block` only ever lowers the caller's limit;
+    other tuned values win over the caller's (they are what was verified)."""
+    import functools
+
+    @functools.wraps(launcher)
+    def tuned(*args, **kwargs):
+        for key, value in launch.items():
+            if key == "max_block" and kwargs.get(key) is not None:
+                kwargs[key] = min(int(kwargs[key]), int(value))
+            else:
+                kwargs[key] = value
+        return launcher(*args, **kwargs)
+
+    return tuned
 
 
 def load_kernel_module(path: Path, name: str) -> types.ModuleType:
@@ -201,7 +252,7 @@ def op_status(op: Op, backend: str) -> dict[str, Any]:
     if rec is None:
         return {"status": "unverified"}
     out: dict[str, Any] = {"speedup": rec.get("speedup_vs_eager"), "device": rec.get("device", "")}
-    if rec.get("source_hash") != op.source_hash():
+    if rec.get("source_hash") != op.source_hash(backend):
         out["status"] = "stale"
     elif not rec.get("passed"):
         out["status"] = "failing"

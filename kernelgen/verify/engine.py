@@ -30,7 +30,7 @@ def verify_op(
 ) -> Verdict:
     backend = get_backend(backend) if isinstance(backend, str) else backend
     t0 = time.perf_counter()
-    base = dict(source_hash=op.source_hash() if not op.broken else "", candidate=candidate or op.name)
+    base = dict(source_hash=op.source_hash(backend.name) if not op.broken else "", candidate=candidate or op.name)
     if op.broken:
         return Verdict.fail(op.name, backend.name, "static", op.error, **base)
     try:
@@ -39,7 +39,7 @@ def verify_op(
         return Verdict.fail(op.name, backend.name, "sandbox", str(exc), **base)
     verdict = Verdict(op=op.name, backend=backend.name, device=backend.device_name(), versions=versions(), **base)
     try:
-        launcher = op.launcher()
+        launcher = op.launcher(backend.name)  # its variant and tuning for this backend, if any
     except Exception as exc:
         return Verdict.fail(op.name, backend.name, "static", f"kernel.py failed to import: {exc}", **base)
     acc = check_accuracy(op.spec, launcher, backend, trials=trials, seed=seed)

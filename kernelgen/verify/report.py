@@ -159,3 +159,73 @@ def write_reports(verdicts: Sequence[Verdict], out_dir: str | Path) -> dict[str,
     paths["md"].write_text(to_markdown(verdicts))
     speedup_png(verdicts, paths["png"])
     return paths
+
+
+# ---- kernelgen regen: before/after on one backend ---------------------------------------------------
+def regen_markdown(result) -> str:
+    """The before/after table of a `kernelgen regen` run (a `kernelgen.regen.RegenResult`)."""
+    s = result.summary()
+    acts = ", ".join(f"{n} {a}" for a, n in s["actions"].items() if n)
+    lines = [f"### kernelgen regen on {s['backend']}", "",
+             f"**{s['passing_before']} of {s['total']} passing before, {s['passing_after']} after** ({acts})", "",
+             "| op | before | after | action | detail | vs eager before | vs eager after |",
+             "|---|---|---|---|---|---|---|"]
+    for o in result.ops:
+        lines.append(f"| {_cell(o.op)} | {'pass' if o.before.passed else 'FAIL ' + o.before.check} | "
+                     f"{'pass' if o.after.passed else 'FAIL ' + o.after.check} | {o.action} | "
+                     f"{_cell(o.detail) or '–'} | {_x(o.before.speedup_vs_eager)} | {_x(o.after.speedup_vs_eager)} |")
+    return "\n".join(lines) + "\n"
+
+
+def regen_png(result, path: str | Path) -> Path:
+    """Two panels: ops passing before/after, and per-op speedup vs eager before/after (when timed)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    s = result.summary()
+    timed = [o for o in result.ops if o.before.speedup_vs_eager or o.after.speedup_vs_eager]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(max(8.0, 4 + 0.8 * len(timed)), 4.0), dpi=100,
+                                      gridspec_kw={"width_ratios": [1, 2]})
+    left.bar(["before", "after"], [s["passing_before"], s["passing_after"]], color=["#C44E52", "#55A868"])
+    left.axhline(s["total"], color="black", linewidth=0.8, linestyle="--")
+    left.set_ylim(0, max(1, s["total"]) * 1.15)
+    left.set_ylabel(f"ops passing (of {s['total']})")
+    left.set_title(f"passing on {s['backend']}")
+    if timed:
+        xs = range(len(timed))
+        right.bar([x - 0.2 for x in xs], [o.before.speedup_vs_eager or 0 for o in timed], 0.4, label="before",
+                  color="#8172B2")
+        right.bar([x + 0.2 for x in xs], [o.after.speedup_vs_eager or 0 for o in timed], 0.4, label="after",
+                  color="#4C72B0")
+        right.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+        right.set_xticks(list(xs))
+        right.set_xticklabels([o.op for o in timed], rotation=30, ha="right", fontsize=8)
+        right.set_ylabel("speedup vs eager (geomean over shapes)")
+        right.legend(fontsize=8)
+    else:
+        right.axis("off")
+        right.text(0.5, 0.5, f"no timings on {s['backend']} (accuracy only)", ha="center", va="center")
+    right.set_title("speedup before / after")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return path
+
+
+def write_regen_reports(result, out_dir: str | Path) -> dict[str, Path]:
+    """report.json / report.md / speedup.png of the verdicts after regen (as `kernelgen verify` writes
+    them), with the before/after summary added to report.json ("regen") and report.md, plus regen.png."""
+    after = [o.after for o in result.ops]
+    paths = write_reports(after, out_dir)
+    doc = json.loads(paths["json"].read_text())
+    doc["regen"] = {"summary": result.summary(),
+                    "ops": [{k: v for k, v in o.to_dict().items() if k not in ("before", "after")}
+                            | {"before": o.before.to_dict()} for o in result.ops]}
+    paths["json"].write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    paths["md"].write_text(regen_markdown(result) + "\n" + to_markdown(after, title="verdicts after regen"))
+    paths["regen_png"] = regen_png(result, Path(out_dir) / "regen.png")
+    return paths

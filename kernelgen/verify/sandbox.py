@@ -42,17 +42,20 @@ def static_verdict(folder: Path, backend: str, candidate: str = "") -> Verdict |
     if op.broken:
         return Verdict.fail(folder.name, backend, "static", op.error, candidate=candidate or folder.name)
     assert op.spec is not None
-    problem = check_source(op.kernel_path.read_text(), "kernel.py")
+    kernel = op.kernel_path_for(backend)
+    problem = check_source(kernel.read_text(), str(kernel.relative_to(folder)))
     if problem is None:
         problem = check_source(op.spec.reference, "spec.toml reference")
     if problem is None:
         return None
-    return Verdict.fail(op.name, backend, "static", problem, source_hash=op.source_hash(),
+    return Verdict.fail(op.name, backend, "static", problem, source_hash=op.source_hash(backend),
                         candidate=candidate or op.name)
 
 
-def _worker_env(interpret: bool) -> dict[str, str]:
+def _worker_env(interpret: bool, device: str | None = None) -> dict[str, str]:
     env = dict(os.environ)
+    if device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = device  # one GPU per parallel worker (verify_many with jobs > 1)
     if interpret:
         env["TRITON_INTERPRET"] = "1"
     else:
@@ -91,7 +94,7 @@ def _signal_name(returncode: int) -> str:
 
 
 def run_worker(folder: Path, backend: str, interpret: bool, timeout: float, perf: bool, trials: int,
-               with_compile: bool, seed: int | None, candidate: str) -> tuple[Verdict, bool]:
+               with_compile: bool, seed: int | None, candidate: str, device: str | None = None) -> tuple[Verdict, bool]:
     """Verify `folder` in a fresh subprocess; every way that process can end becomes a verdict. The flag
     says whether the candidate got to run (False when the backend could not even be set up there)."""
     name = folder.name
@@ -107,7 +110,7 @@ def run_worker(folder: Path, backend: str, interpret: bool, timeout: float, perf
             cmd += ["--seed", str(seed)]
         t0 = time.perf_counter()
         # cwd is the scratch folder: whatever the candidate writes relative to it goes away with it.
-        proc = subprocess.Popen(cmd, cwd=tmp, env=_worker_env(interpret), stdout=subprocess.PIPE,
+        proc = subprocess.Popen(cmd, cwd=tmp, env=_worker_env(interpret, device), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True)
         try:
             _, err = proc.communicate(timeout=timeout)
@@ -148,25 +151,66 @@ def is_library_op(folder: Path) -> bool:
     return folder.parent.name == "ops" or any(folder.parent == ops_dir(root).resolve() for root in library_roots())
 
 
-def verify_candidate(folder: str | Path, backend: str, timeout: float = DEFAULT_TIMEOUT, perf: bool = True,
-                     trials: int = 3, write: bool = False, with_compile: bool = True, seed: int | None = None,
-                     candidate: str = "") -> Verdict:
-    """Static check, then the sandboxed run. `write`: store the verdict as the op's verified/<backend>.json
-    (library ops only, and only when the candidate actually ran and its source did not change meanwhile)."""
+def check_candidate(folder: str | Path, backend: str, timeout: float = DEFAULT_TIMEOUT, perf: bool = True,
+                    trials: int = 3, with_compile: bool = True, seed: int | None = None, candidate: str = "",
+                    device: str | None = None) -> tuple[Verdict, bool]:
+    """Static check, then the sandboxed run; writes nothing. The flag says whether the candidate ran (only
+    then may its verdict become a record). `device`: the CUDA_VISIBLE_DEVICES the worker gets."""
     from kernelgen.backends import get_backend
 
     folder = Path(folder).resolve()
     be = get_backend(backend)  # raises BackendError for an unknown name: a usage error, not a verdict
     rejected = static_verdict(folder, backend, candidate)
     if rejected is not None:
-        return rejected
-    before = source_hash(folder)
+        return rejected, False
+    before = source_hash(folder, backend)
     verdict, ran = run_worker(folder, backend, be.interpret, timeout, perf and be.measures_performance, trials,
-                              with_compile, seed, candidate)
+                              with_compile, seed, candidate, device)
     verdict.source_hash = verdict.source_hash or before
-    if write and ran and is_library_op(folder) and source_hash(folder) == before == verdict.source_hash:
-        write_record(folder, backend, verdict.to_record(speed=be.measures_performance))
+    return verdict, ran and source_hash(folder, backend) == before
+
+
+def record_verdict(folder: str | Path, backend: str, verdict: Verdict, ran: bool) -> bool:
+    """Store the verdict as the op's verified/<backend>.json: library ops only, only when the candidate
+    ran, and only when the backend's view of the op (kernel, spec, its variant and tuning) is still the one
+    that was verified. Returns whether it wrote."""
+    from kernelgen.backends import get_backend
+
+    folder = Path(folder).resolve()
+    if not (ran and is_library_op(folder) and source_hash(folder, backend) == verdict.source_hash):
+        return False
+    write_record(folder, backend, verdict.to_record(speed=get_backend(backend).measures_performance))
+    return True
+
+
+def verify_candidate(folder: str | Path, backend: str, timeout: float = DEFAULT_TIMEOUT, perf: bool = True,
+                     trials: int = 3, write: bool = False, with_compile: bool = True, seed: int | None = None,
+                     candidate: str = "", device: str | None = None) -> Verdict:
+    """Static check, then the sandboxed run. `write`: store the verdict as the op's verified/<backend>.json
+    (library ops only, and only when the candidate actually ran and its source did not change meanwhile)."""
+    verdict, ran = check_candidate(folder, backend, timeout=timeout, perf=perf, trials=trials,
+                                   with_compile=with_compile, seed=seed, candidate=candidate, device=device)
+    if write:
+        record_verdict(folder, backend, verdict, ran)
     return verdict
+
+
+def gpu_slots(backend: str, jobs: int) -> list[str | None]:
+    """Devices for `jobs` parallel workers: one GPU each, round-robin, when the backend runs on CUDA and
+    this machine has several; otherwise no pinning."""
+    from kernelgen.backends import get_backend
+
+    be = get_backend(backend)
+    if jobs <= 1 or be.interpret or be.device != "cuda":
+        return [None] * max(1, jobs)
+    import torch
+
+    count = torch.cuda.device_count()
+    if count <= 1:
+        return [None] * jobs
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [d.strip() for d in visible.split(",")][:count] if visible else [str(i) for i in range(count)]
+    return [ids[i % len(ids)] for i in range(jobs)]
 
 
 def verify_many(folders: Sequence[str | Path], backend: str, jobs: int = 1, timeout: float = DEFAULT_TIMEOUT,
@@ -175,16 +219,24 @@ def verify_many(folders: Sequence[str | Path], backend: str, jobs: int = 1, time
                 on_done: Callable[[Verdict], None] | None = None) -> list[Verdict]:
     """Verify every folder (in order of `folders` in the result), `jobs` subprocesses at a time. A candidate
     that fails in any way — even the verifier failing on it — is a verdict; the run always goes on."""
+    import queue
+
     paths = [Path(f) for f in folders]
+    slots: queue.Queue = queue.Queue()
+    for device in gpu_slots(backend, min(jobs, len(paths))):
+        slots.put(device)
 
     def one(path: Path) -> Verdict:
         if on_start:
             on_start(path)
+        device = slots.get()  # a worker holds its GPU for the whole candidate
         try:
             v = verify_candidate(path, backend, timeout=timeout, perf=perf, trials=trials, write=write,
-                                 with_compile=with_compile, seed=seed)
+                                 with_compile=with_compile, seed=seed, device=device)
         except Exception as exc:
             v = Verdict.fail(path.name, backend, "sandbox", f"verifier error: {type(exc).__name__}: {exc}")
+        finally:
+            slots.put(device)
         if on_done:
             on_done(v)
         return v
