@@ -119,10 +119,13 @@ def enable(
                 # autograd formula of its own: we take its place at the backend's autograd key, so a call
                 # that needs gradients still gets the differentiable decomposition.
                 composite = torch._C._dispatch_has_kernel_for_dispatch_key(ov.overload, "CompositeImplicitAutograd")
-                key = f"Autograd{be.dispatch_key}" if composite else be.dispatch_key
-                original = torch.library.get_kernel(ov.overload, key)
-                impl = _make_impl(reg, op.name, getattr(module, ov.adapter), original, composite)
-                lib.impl(qualified, impl, key, with_keyset=True)
+                # Under torch.inference_mode() the autograd keys are skipped and such a call lands on the
+                # backend key itself, so a composite op is taken there too (no autograd is possible there).
+                keys = [f"Autograd{be.dispatch_key}", be.dispatch_key] if composite else [be.dispatch_key]
+                for key in keys:
+                    original = torch.library.get_kernel(ov.overload, key)
+                    impl = _make_impl(reg, op.name, getattr(module, ov.adapter), original, key != be.dispatch_key)
+                    lib.impl(qualified, impl, key, with_keyset=True)
                 reg.ops.setdefault(op.name, []).append(ov.overload)
     _active[be.dispatch_key] = reg
     return sorted(reg.ops)
