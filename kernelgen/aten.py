@@ -30,6 +30,7 @@ class Registration:
     ops: dict[str, list[str]] = field(default_factory=dict)  # op name -> overloads registered
     calls: Counter = field(default_factory=Counter)  # op name -> calls served by our kernel
     fallbacks: Counter = field(default_factory=Counter)  # op name -> calls handed back to ATen
+    min_numel: dict[str, int] = field(default_factory=dict)  # op name -> smallest input it takes (verified)
 
 
 _active: dict[str, Registration] = {}  # dispatch key -> registration
@@ -52,18 +53,44 @@ def policy_allows(op: Op, backend: Backend, policy: str) -> tuple[bool, str]:
     rec = op.record(backend.name) or {}
     if not backend.measures_performance:
         return False, f"{backend.name} has no speed figures; use policy='correct'"
-    slowest = rec.get("min_speedup_vs_eager")
-    if slowest is None or slowest < 1.0:
-        return False, f"not faster than eager on every recorded shape (slowest {slowest})"
+    if faster_from(op, rec) is None:
+        slowest = rec.get("min_speedup_vs_eager")
+        return False, f"not faster than eager even on its largest recorded shapes (slowest {slowest})"
     return True, ""
 
 
-def _make_impl(reg: Registration, op_name: str, adapter, original, at_autograd_key: bool):
+def faster_from(op: Op, record: dict) -> int | None:
+    """The smallest input size (elements of the op's first input) from which every recorded shape, in every
+    dtype, was faster than eager; None when even the largest was not. Launch-bound small shapes can lose to
+    ATen while large ones win: the `verified` policy then switches the kernel on for large inputs only."""
+    first = next((i for i in op.spec.inputs if i.kind == "tensor"), None)
+    rows = record.get("performance") or []
+    if first is None or not rows:
+        return None
+    sized = []
+    for row in rows:
+        numel = 1
+        for d in first.shape:
+            numel *= int(d) if d.isdigit() else int(row["dims"].get(d, 1))
+        sized.append((numel, row.get("speedup_eager") or 0.0))
+    threshold = None
+    for numel, _ in sorted(sized, reverse=True):  # walk down from the largest size while all stay faster
+        if all(speedup >= 1.0 for n, speedup in sized if n >= numel):
+            threshold = numel
+        else:
+            break
+    return threshold
+
+
+def _make_impl(reg: Registration, op_name: str, adapter, original, at_autograd_key: bool, min_numel: int = 0):
     def impl(keyset, *args, **kwargs):
         if at_autograd_key and torch.is_grad_enabled() and any(
             isinstance(a, torch.Tensor) and a.requires_grad for a in args
         ):
             reg.fallbacks[op_name] += 1  # our kernels are forward-only: ATen's decomposition keeps autograd
+            return original.call_boxed(keyset, *args, **kwargs)
+        if min_numel and args and isinstance(args[0], torch.Tensor) and args[0].numel() < min_numel:
+            reg.fallbacks[op_name] += 1  # smaller than any size where the kernel was measured faster
             return original.call_boxed(keyset, *args, **kwargs)
         out = adapter(*args, **kwargs)
         if out is NotImplemented:
@@ -112,8 +139,13 @@ def enable(
             ok, _why = policy_allows(op, be, policy)
             if not ok:
                 continue
-            module = op.module()
+            min_numel = (faster_from(op, op.record(be.name) or {}) or 0) if policy == "verified" else 0
+            if min_numel:
+                reg.min_numel[op.name] = min_numel
+            module = op.module(be.name)  # the backend's variant and tuning when it has them
             for ov in op.spec.aten:
+                if not hasattr(module, ov.adapter):
+                    continue  # a backend variant (variants/<backend>/kernel.py) may offer the launcher only
                 qualified = ov.overload.removeprefix("aten::")
                 # An op ATen implements as a decomposition (CompositeImplicitAutograd, e.g. rms_norm) has no
                 # autograd formula of its own: we take its place at the backend's autograd key, so a call
@@ -124,7 +156,9 @@ def enable(
                 keys = [f"Autograd{be.dispatch_key}", be.dispatch_key] if composite else [be.dispatch_key]
                 for key in keys:
                     original = torch.library.get_kernel(ov.overload, key)
-                    impl = _make_impl(reg, op.name, getattr(module, ov.adapter), original, key != be.dispatch_key)
+                    impl = _make_impl(
+                        reg, op.name, getattr(module, ov.adapter), original, key != be.dispatch_key, min_numel
+                    )
                     lib.impl(qualified, impl, key, with_keyset=True)
                 reg.ops.setdefault(op.name, []).append(ov.overload)
     _active[be.dispatch_key] = reg
@@ -143,6 +177,7 @@ def disable(backend: str | None = None) -> None:
 def enabled() -> dict[str, Any]:
     """What is switched on now: {backend: {op: [overloads]}}, plus call counters for each op."""
     return {
-        reg.backend.name: {"ops": dict(reg.ops), "calls": dict(reg.calls), "fallbacks": dict(reg.fallbacks)}
+        reg.backend.name: {"ops": dict(reg.ops), "calls": dict(reg.calls), "fallbacks": dict(reg.fallbacks),
+                           "min_numel": dict(reg.min_numel)}
         for reg in _active.values()
     }

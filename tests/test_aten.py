@@ -79,3 +79,43 @@ def test_enable_without_accelerator_does_nothing_and_warns_once(monkeypatch):
         assert kernelgen.enable() == []
         assert kernelgen.enable() == []
     assert len([w for w in caught if "no accelerator" in str(w.message)]) == 1
+
+
+def _timed_copy_of_rms_norm(tmp_path, monkeypatch, speedups):
+    """A library copy of rms_norm with a passing record whose timings say `speedups` per M (N = 64)."""
+    import shutil
+
+    from kernelgen.backends import get_backend
+    from kernelgen.library import builtin_library, source_hash, write_record
+
+    lib = tmp_path / "lib" / "ops"
+    shutil.copytree(builtin_library() / "ops" / "rms_norm", lib / "rms_norm", ignore=shutil.ignore_patterns("verified"))
+    perf = [{"dtype": "float32", "dims": {"M": m, "N": 64}, "speedup_eager": s} for m, s in speedups.items()]
+    record = {"passed": True, "performance": perf, "min_speedup_vs_eager": min(speedups.values()),
+              "source_hash": source_hash(lib / "rms_norm")}
+    write_record(lib / "rms_norm", "interpreter", record)
+    monkeypatch.setenv("KERNELGEN_LIBRARY", str(tmp_path / "lib"))
+    # Pretend the interpreter measured speed, so the verified policy reads the record's timings.
+    monkeypatch.setattr(get_backend("interpreter"), "measures_performance", True)
+
+
+def test_verified_policy_switches_on_only_from_the_size_where_the_kernel_was_faster(tmp_path, monkeypatch,
+                                                                                   interpreter):
+    _timed_copy_of_rms_norm(tmp_path, monkeypatch, {1: 0.5, 8: 0.9, 64: 1.2, 512: 1.5})
+    assert kernelgen.enable(backend="interpreter") == ["rms_norm"]
+    assert kernelgen.status()["interpreter"]["min_numel"] == {"rms_norm": 64 * 64}
+    w = torch.randn(64)
+    with count_launches() as small:
+        got_small = F.rms_norm(torch.randn(8, 64), (64,), w)  # measured slower there: ATen runs
+    with count_launches() as large:
+        x = torch.randn(64, 64)
+        got_large = F.rms_norm(x, (64,), w)
+    assert small.total_launches == 0 and large.total_launches == 1
+    assert got_small.shape == (8, 64)
+    torch.testing.assert_close(got_large, x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1.1920928955078125e-07) * w)
+
+
+def test_verified_policy_keeps_off_an_op_slower_on_its_largest_shape(tmp_path, monkeypatch, interpreter):
+    _timed_copy_of_rms_norm(tmp_path, monkeypatch, {1: 1.5, 64: 1.2, 512: 0.97})
+    assert kernelgen.enable(backend="interpreter") == []
+    assert kernelgen.enable(backend="interpreter", policy="correct") == ["rms_norm"]
