@@ -295,3 +295,26 @@ def test_regen_rejects_bad_usage_without_running(tinychip, tmp_path):
         result = runner.invoke(app, ["regen", *args])
         assert result.exit_code == 2 and words in result.output, (args, result.output)
     assert not list(lib.rglob("tinychip.json"))
+
+
+def test_ray_executor_gives_the_local_verdicts(interpreter, tmp_path):
+    """verify_many_ray on a local Ray instance (started here) against verify_many: same verdicts, and the
+    same records written by the driver."""
+    ray = pytest.importorskip("ray")  # in the `ray` extra; the `test` extra does not pull it in
+    from kernelgen.verify.ray_executor import verify_many_ray
+    from kernelgen.verify.sandbox import verify_many
+
+    lib = _library(tmp_path)
+    folders = [lib / "ops" / "relu_square", lib / "ops" / "wide_rms"]
+    (folders[1] / "kernel.py").write_text(WIDE_RMS_KERNEL.replace("* w).to(", "+ w).to("))  # a wrong answer
+    local = verify_many(folders, "interpreter", jobs=2, trials=1)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = verify_many_ray(folders, "interpreter", trials=1, write=True)
+    finally:
+        ray.shutdown()
+    assert [(v.op, v.passed, v.check) for v in remote] == [(v.op, v.passed, v.check) for v in local]
+    assert [v.passed for v in remote] == [True, False] and remote[1].check == "accuracy"
+    assert [v.source_hash for v in remote] == [v.source_hash for v in local]
+    assert load_op(folders[0]).record("interpreter")["passed"] is True  # written by the driver
+    assert load_op(folders[1]).record("interpreter")["passed"] is False
