@@ -175,7 +175,10 @@ def run(args) -> dict:
         swap, attn = VARIANTS[variant]
         if swap:
             use_torch_rms_norm(model)  # variants are in order: once swapped, the later ones keep it
-        model.set_attn_implementation(attn)
+        if hasattr(model, "set_attn_implementation"):
+            model.set_attn_implementation(attn)
+        else:  # older transformers read the config at every forward
+            model.config._attn_implementation = attn
         entry = {"variant": variant, "attn": attn, "torch_rms_norm": swap, "phases": {}}
         for phase, fn in fns.items():
             per_mode, ref = {}, None
