@@ -46,17 +46,15 @@ def use(backend=None, include=None, exclude=None, policy="verified", library=Non
 
     be = get_backend(backend) if backend else default_backend()
     before = aten._active.get(be.dispatch_key) if be else None
-    prev = None
-    if before is not None:
-        prev = (before.backend.name, sorted(before.ops))
+    previous = dict(before.arguments) if before is not None else None
     enabled_ops = enable(backend, include, exclude, policy, library)
     try:
         yield enabled_ops
     finally:
         if be is not None:
             aten.disable(be.name)
-            if prev is not None:
-                aten.enable(prev[0], include=prev[1], policy="all", library=library)
+            if previous is not None:
+                aten.enable(be.name, **previous)
 
 
 def status() -> dict:

@@ -31,6 +31,7 @@ class Registration:
     calls: Counter = field(default_factory=Counter)  # op name -> calls served by our kernel
     fallbacks: Counter = field(default_factory=Counter)  # op name -> calls handed back to ATen
     min_numel: dict[str, int] = field(default_factory=dict)  # op name -> smallest input it takes (verified)
+    arguments: dict[str, Any] = field(default_factory=dict)  # the enable() call that made it, to restore it
 
 
 _active: dict[str, Registration] = {}  # dispatch key -> registration
@@ -130,7 +131,7 @@ def enable(
     if unknown:
         raise ValueError(f"unknown op(s) {unknown}; see `kernelgen list`")
     lib = torch.library.Library("aten", "IMPL")
-    reg = Registration(be, lib)
+    reg = Registration(be, lib, arguments=dict(include=include, exclude=exclude, policy=policy, library=library))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="(?s).*Overriding a previously registered kernel")
         for op in ops:

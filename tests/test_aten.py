@@ -119,3 +119,16 @@ def test_verified_policy_keeps_off_an_op_slower_on_its_largest_shape(tmp_path, m
     _timed_copy_of_rms_norm(tmp_path, monkeypatch, {1: 1.5, 64: 1.2, 512: 0.97})
     assert kernelgen.enable(backend="interpreter") == []
     assert kernelgen.enable(backend="interpreter", policy="correct") == ["rms_norm"]
+
+
+def test_use_restores_the_registration_that_was_there_before(interpreter):
+    x = torch.randn(2, 32)
+    kernelgen.enable(backend="interpreter", policy="all", include=["rms_norm", "softmax"])
+    with kernelgen.use(backend="interpreter", policy="all", include=["softmax"]):
+        with count_launches() as inside:
+            F.rms_norm(x, (32,))
+    with count_launches() as after:
+        F.rms_norm(x, (32,))
+        torch.softmax(x, -1)
+    assert inside.total_launches == 0 and after.total_launches == 2
+    assert sorted(kernelgen.status()["interpreter"]["ops"]) == ["rms_norm", "softmax"]
