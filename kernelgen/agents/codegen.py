@@ -66,8 +66,10 @@ def _cdiv(a: int, b: int) -> int:
 
 
 def _num_warps(block: int) -> int:
-    # float32 math: 4 elements (16 bytes) per thread per load, between 1 and 16 warps
-    return max(1, min(16, block // 128))
+    # about 1K elements per warp, between 1 and 8 warps: swept on the H100 (bf16, benchmarks/sweep_launch.py),
+    # 4 warps for a 4K tile or row beat 16 by 5-10%, and 1 warp for rows of 1K let more rows be in flight per
+    # SM (causal softmax 4x16x1024x1024: 94 vs 122 us at 8 warps)
+    return max(1, min(8, block // 1024))
 
 
 def _broadcast_shape(*shapes):
@@ -290,15 +292,16 @@ def pointwise_source(g: FusionGraph, fn: str, request: str) -> str:
         "    y2 = y.view(-1, N)",
         "    M = y2.shape[0]",
         "    block_n = min(_next_power_of_2(N), max_block or 1024, 1024)",
-        "    # about 4K elements per program: enough work per tile to hide memory latency",
-        "    block_m = max(1, min(_next_power_of_2(M), 4096 // block_n))",
+        "    block_m = max(1, min(_next_power_of_2(M), TILE_ELEMS // block_n))",
         "    grid = (_cdiv(M, block_m), _cdiv(N, block_n))",
         f"    _{fn}_kernel[grid]({', '.join(f'{i.name}2' for i in g.tensor_inputs())}, y2,",
         f"        {', '.join(call_strides + ['M', 'N'] + _scalar_call(g))},",
         "        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=_num_warps(block_m * block_n))",
         "    return y",
     ]
-    return _assemble(g, request, "Pointwise kernel over the rows of the broadcast output.", kernel, launcher)
+    constants = "\n# elements per program: enough work per tile to hide memory latency\nTILE_ELEMS = 4096\n"
+    return _assemble(g, request, "Pointwise kernel over the rows of the broadcast output.", kernel, launcher,
+                     constants)
 
 
 def _assemble(g: FusionGraph, request: str, what: str, kernels: list[str], launcher: list[str],

@@ -9,6 +9,10 @@ import triton
 import triton.language as tl
 
 
+# elements per program: enough work per tile to hide memory latency
+TILE_ELEMS = 4096
+
+
 @triton.jit
 def _bias_gelu_kernel(x_ptr, bias_ptr, y_ptr, stride_x_row, stride_x_col, stride_bias, stride_y_row, M, N,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -37,8 +41,10 @@ def _cdiv(a: int, b: int) -> int:
 
 
 def _num_warps(block: int) -> int:
-    # float32 math: 4 elements (16 bytes) per thread per load, between 1 and 16 warps
-    return max(1, min(16, block // 128))
+    # about 1K elements per warp, between 1 and 8 warps: swept on the H100 (bf16, benchmarks/sweep_launch.py),
+    # 4 warps for a 4K tile or row beat 16 by 5-10%, and 1 warp for rows of 1K let more rows be in flight per
+    # SM (causal softmax 4x16x1024x1024: 94 vs 122 us at 8 warps)
+    return max(1, min(8, block // 1024))
 
 
 def _broadcast_shape(*shapes):
@@ -105,8 +111,7 @@ def bias_gelu(x, bias, *, max_block=None):
     y2 = y.view(-1, N)
     M = y2.shape[0]
     block_n = min(_next_power_of_2(N), max_block or 1024, 1024)
-    # about 4K elements per program: enough work per tile to hide memory latency
-    block_m = max(1, min(_next_power_of_2(M), 4096 // block_n))
+    block_m = max(1, min(_next_power_of_2(M), TILE_ELEMS // block_n))
     grid = (_cdiv(M, block_m), _cdiv(N, block_n))
     _bias_gelu_kernel[grid](x2, bias2, y2,
         x2.stride(0), x2.stride(1), bias2.stride(0), y2.stride(0), M, N,
