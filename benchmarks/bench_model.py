@@ -24,7 +24,8 @@ Three model variants, because what kernelgen can replace depends on how the mode
 - `rmsnorm+eager_attn`: as `rmsnorm`, with attn_implementation="eager" (its attention calls softmax).
 
 Each variant and phase is timed in modes `eager` (no kernelgen), `verified` (`kernelgen.enable()`, the default
-policy) and `correct` (`kernelgen.enable(policy="correct")`), with `triton.testing.do_bench` medians (CUDA
+policy), `by_size` (`kernelgen.enable(by_size=True)`: also ops that win on large inputs only, for those inputs)
+and `correct` (`kernelgen.enable(policy="correct")`), with `triton.testing.do_bench` medians (CUDA
 events) over --rounds rounds; the order of the modes turns by one every round (a drift of clocks or
 temperature over a round hits every mode in every position) and each mode keeps its best median.
 
@@ -164,8 +165,9 @@ def enable_mode(mode: str, backend: str):
     kernelgen.disable()
     if mode == "eager":
         return []
-    policy = {"verified": "verified", "correct": "correct", "all": "all"}[mode]
-    return kernelgen.enable(backend=backend, policy=policy)
+    kwargs = {"verified": {}, "by_size": {"by_size": True}, "correct": {"policy": "correct"},
+              "all": {"policy": "all"}}[mode]
+    return kernelgen.enable(backend=backend, **kwargs)
 
 
 def errors(logits, reference) -> dict:
@@ -274,7 +276,8 @@ def render(bundle: dict) -> str:
         f"intermediate {c['intermediate_size']}, vocab {c['vocab_size']}. Prefill: batch 1, {bundle['prefill']} "
         f"tokens. Decode: batch {bundle['decode_batch']}, 1 token on a KV cache of {bundle['prefill']} positions. "
         "Times are `triton.testing.do_bench` medians of the whole forward in ms (best of the rounds); "
-        "`verified` = `kernelgen.enable()`, `correct` = `kernelgen.enable(policy=\"correct\")`. Calls: what "
+        "`verified` = `kernelgen.enable()`, `by_size` = `kernelgen.enable(by_size=True)`, `correct` = "
+        "`kernelgen.enable(policy=\"correct\")`. Calls: what "
         "kernelgen served in one forward (and handed back to ATen). Error: mean absolute error of the logits "
         f"against the same model in {bundle['reference_dtype']} (eager's own error first); a mode passes when "
         f"its error is at most {bundle['check_factor']}x eager's.",
@@ -316,11 +319,13 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="a tiny config (1 layer, hidden 64) to check the code path")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--backend", help="kernelgen backend (default: cuda on a GPU, interpreter on the CPU)")
-    ap.add_argument("--dtype", default="bfloat16", choices=sorted(REFERENCE_DTYPE))
+    ap.add_argument("--dtype", choices=sorted(REFERENCE_DTYPE),
+                    help="default bfloat16; float32 with --tiny: Triton's interpreter truncates float32 -> bfloat16 "
+                    "casts (the GPU rounds to nearest), which doubles the bf16 error of every kernel there")
     ap.add_argument("--prefill", type=int, help="prefill tokens = decode cache length (default 2048; tiny: 8)")
     ap.add_argument("--decode-batch", type=int, help="decode batch (default 16; tiny: 2)")
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
-    ap.add_argument("--modes", nargs="*", help="eager verified correct [all] (default: eager verified correct; "
+    ap.add_argument("--modes", nargs="*", help="eager verified by_size correct [all] (default: all but all; "
                     "tiny adds all, since the interpreter has no speed records)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup-ms", type=float, default=100)
@@ -336,9 +341,10 @@ def main() -> None:
     if args.device == "cpu":
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
     args.backend = args.backend or ("cuda" if args.device.startswith("cuda") else "interpreter")
+    args.dtype = args.dtype or ("float32" if args.tiny else "bfloat16")
     args.prefill = args.prefill or (8 if args.tiny else 2048)
     args.decode_batch = args.decode_batch or (2 if args.tiny else 16)
-    args.modes = args.modes or ["eager", "verified", "correct"] + (["all"] if args.tiny else [])
+    args.modes = args.modes or ["eager", "verified", "by_size", "correct"] + (["all"] if args.tiny else [])
     args.variants = [v for v in VARIANTS if v in args.variants]  # the norm swap is one-way: shipped goes first
     if args.modes[0] != "eager":
         ap.error("--modes must start with eager (the reference)")

@@ -19,16 +19,18 @@ import contextlib
 __version__ = "0.1.0"
 
 
-def enable(backend=None, include=None, exclude=None, policy="verified", library=None) -> list[str]:
+def enable(backend=None, include=None, exclude=None, policy="verified", library=None, by_size=False) -> list[str]:
     """Route covered ATen ops to library kernels on `backend` (default: the accelerator present).
 
     policy: "verified" (fresh passing record, faster than eager on every recorded shape),
     "correct" (fresh passing record, any speed) or "all" (everything, for development).
+    by_size (verified only): also switch on ops faster on large recorded shapes only, for inputs that large.
     Returns the names of the ops switched on. With no accelerator and no backend named, does nothing
     and warns once."""
     from kernelgen import aten
 
-    return aten.enable(backend=backend, include=include, exclude=exclude, policy=policy, library=library)
+    return aten.enable(backend=backend, include=include, exclude=exclude, policy=policy, library=library,
+                       by_size=by_size)
 
 
 def disable(backend=None) -> None:
@@ -39,7 +41,7 @@ def disable(backend=None) -> None:
 
 
 @contextlib.contextmanager
-def use(backend=None, include=None, exclude=None, policy="verified", library=None):
+def use(backend=None, include=None, exclude=None, policy="verified", library=None, by_size=False):
     """`enable(...)` for the duration of a `with` block; restores what was registered before."""
     from kernelgen import aten
     from kernelgen.backends import default_backend, get_backend
@@ -47,7 +49,7 @@ def use(backend=None, include=None, exclude=None, policy="verified", library=Non
     be = get_backend(backend) if backend else default_backend()
     before = aten._active.get(be.dispatch_key) if be else None
     previous = dict(before.arguments) if before is not None else None
-    enabled_ops = enable(backend, include, exclude, policy, library)
+    enabled_ops = enable(backend, include, exclude, policy, library, by_size)
     try:
         yield enabled_ops
     finally:

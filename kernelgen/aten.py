@@ -38,8 +38,13 @@ _active: dict[str, Registration] = {}  # dispatch key -> registration
 _warned_no_backend = False
 
 
-def policy_allows(op: Op, backend: Backend, policy: str) -> tuple[bool, str]:
-    """Whether `policy` lets this op be switched on for `backend`, and why not."""
+def policy_allows(op: Op, backend: Backend, policy: str, by_size: bool = False) -> tuple[bool, str]:
+    """Whether `policy` lets this op be switched on for `backend`, and why not.
+
+    `verified` asks for a kernel faster than eager on every recorded shape and dtype: an override costs a
+    Python dispatch on every call of its ATen op, including the calls it hands back to ATen, so an op that
+    loses on small inputs would slow down a model whose calls are small (decoding). With `by_size`, such an
+    op is switched on anyway, for inputs from the smallest size where it won (see `faster_from`)."""
     if op.broken:
         return False, op.error
     if not op.spec.aten:
@@ -54,9 +59,12 @@ def policy_allows(op: Op, backend: Backend, policy: str) -> tuple[bool, str]:
     rec = op.record(backend.name) or {}
     if not backend.measures_performance:
         return False, f"{backend.name} has no speed figures; use policy='correct'"
-    if faster_from(op, rec) is None:
-        slowest = rec.get("min_speedup_vs_eager")
-        return False, f"not faster than eager even on its largest recorded shapes (slowest {slowest})"
+    slowest = rec.get("min_speedup_vs_eager")
+    if by_size:
+        if faster_from(op, rec) is None:
+            return False, f"not faster than eager even on its largest recorded shapes (slowest {slowest})"
+    elif not all((row.get("speedup_eager") or 0.0) >= 1.0 for row in rec.get("performance") or [{}]):
+        return False, f"slower than eager on some recorded shape (slowest {slowest}; by_size uses it on large inputs)"
     return True, ""
 
 
@@ -105,9 +113,12 @@ def _make_impl(reg: Registration, op_name: str, adapter, original, at_autograd_k
 
 def enable(
     backend: str | None = None, include: list[str] | None = None, exclude: list[str] | None = None,
-    policy: str = "verified", library: list[str] | None = None,
+    policy: str = "verified", library: list[str] | None = None, by_size: bool = False,
 ) -> list[str]:
-    """Register the selected library ops for the backend; returns the names of the ops switched on."""
+    """Register the selected library ops for the backend; returns the names of the ops switched on.
+
+    by_size (policy `verified` only): also switch on ops that beat eager only on large inputs, for those
+    inputs; smaller calls go back to ATen, each paying the override's Python dispatch."""
     global _warned_no_backend
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
@@ -131,16 +142,17 @@ def enable(
     if unknown:
         raise ValueError(f"unknown op(s) {unknown}; see `kernelgen list`")
     lib = torch.library.Library("aten", "IMPL")
-    reg = Registration(be, lib, arguments=dict(include=include, exclude=exclude, policy=policy, library=library))
+    reg = Registration(be, lib, arguments=dict(include=include, exclude=exclude, policy=policy, library=library,
+                                               by_size=by_size))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="(?s).*Overriding a previously registered kernel")
         for op in ops:
             if (include is not None and op.name not in include) or op.name in (exclude or []):
                 continue
-            ok, _why = policy_allows(op, be, policy)
+            ok, _why = policy_allows(op, be, policy, by_size)
             if not ok:
                 continue
-            min_numel = (faster_from(op, op.record(be.name) or {}) or 0) if policy == "verified" else 0
+            min_numel = (faster_from(op, op.record(be.name) or {}) or 0) if policy == "verified" and by_size else 0
             if min_numel:
                 reg.min_numel[op.name] = min_numel
             module = op.module(be.name)  # the backend's variant and tuning when it has them

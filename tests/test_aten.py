@@ -99,10 +99,26 @@ def _timed_copy_of_rms_norm(tmp_path, monkeypatch, speedups):
     monkeypatch.setattr(get_backend("interpreter"), "measures_performance", True)
 
 
-def test_verified_policy_switches_on_only_from_the_size_where_the_kernel_was_faster(tmp_path, monkeypatch,
-                                                                                   interpreter):
+def test_verified_policy_keeps_off_an_op_slower_on_any_recorded_shape(tmp_path, monkeypatch, interpreter):
+    # Every call of an overridden op pays a Python dispatch, the ones handed back to ATen too: an op that
+    # loses on small inputs stays off unless by_size asks for it.
     _timed_copy_of_rms_norm(tmp_path, monkeypatch, {1: 0.5, 8: 0.9, 64: 1.2, 512: 1.5})
-    assert kernelgen.enable(backend="interpreter") == ["rms_norm"]
+    assert kernelgen.enable(backend="interpreter", include=["rms_norm"]) == []
+    assert kernelgen.status()["interpreter"]["ops"] == {}
+
+
+def test_verified_policy_switches_on_an_op_faster_on_every_recorded_shape(tmp_path, monkeypatch, interpreter):
+    _timed_copy_of_rms_norm(tmp_path, monkeypatch, {1: 1.1, 64: 1.2, 512: 1.5})
+    assert kernelgen.enable(backend="interpreter", include=["rms_norm"]) == ["rms_norm"]
+    assert kernelgen.status()["interpreter"]["min_numel"] == {}
+    with count_launches() as small:
+        F.rms_norm(torch.randn(1, 64), (64,), torch.randn(64))
+    assert small.total_launches == 1
+
+
+def test_by_size_switches_on_only_from_the_size_where_the_kernel_was_faster(tmp_path, monkeypatch, interpreter):
+    _timed_copy_of_rms_norm(tmp_path, monkeypatch, {1: 0.5, 8: 0.9, 64: 1.2, 512: 1.5})
+    assert kernelgen.enable(backend="interpreter", include=["rms_norm"], by_size=True) == ["rms_norm"]
     assert kernelgen.status()["interpreter"]["min_numel"] == {"rms_norm": 64 * 64}
     w = torch.randn(64)
     with count_launches() as small:
@@ -117,8 +133,9 @@ def test_verified_policy_switches_on_only_from_the_size_where_the_kernel_was_fas
 
 def test_verified_policy_keeps_off_an_op_slower_on_its_largest_shape(tmp_path, monkeypatch, interpreter):
     _timed_copy_of_rms_norm(tmp_path, monkeypatch, {1: 1.5, 64: 1.2, 512: 0.97})
-    assert kernelgen.enable(backend="interpreter") == []
-    assert kernelgen.enable(backend="interpreter", policy="correct") == ["rms_norm"]
+    assert kernelgen.enable(backend="interpreter", include=["rms_norm"]) == []
+    assert kernelgen.enable(backend="interpreter", include=["rms_norm"], by_size=True) == []
+    assert kernelgen.enable(backend="interpreter", include=["rms_norm"], policy="correct") == ["rms_norm"]
 
 
 def test_use_restores_the_registration_that_was_there_before(interpreter):
