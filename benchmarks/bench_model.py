@@ -302,6 +302,9 @@ def render(bundle: dict) -> str:
                 for m in modes if m != "eager")
             lines.append(f"| {entry['variant']} | {phase} | " + " | ".join(times) + " | " + " | ".join(calls)
                          + f" | {checks} |")
+    first = bundle["variants"][0]["phases"]["prefill"] if bundle["variants"] else {}
+    lines += ["", "Switched on: " + "; ".join(f"`{m}`: {', '.join(first[m]['enabled']) or 'nothing'}"
+                                             for m in modes if m != "eager" and m in first) + "."]
     lines += ["", "Variants: `shipped` = the model as transformers builds it (SDPA attention, hand-written "
               "LlamaRMSNorm: no overridden ATen op is called); `rmsnorm` = norms swapped for torch.nn.RMSNorm "
               "with the same weights (calls aten::rms_norm); `rmsnorm+eager_attn` = also "
