@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -26,6 +27,8 @@ from chromadb.config import Settings
 from kernelgen.library import discover, library_hash
 from kernelgen.retrieval.documents import op_document, op_metadata
 from kernelgen.retrieval.embedding import HashedNgramEmbedding, OpenAIEmbedding, RetrievalError, embedding_from_env
+
+EXACT_NAME_WINDOW = 5
 
 COLLECTION = "kernelgen-ops"
 META = "meta.json"
@@ -225,7 +228,12 @@ class LibraryIndex:
             self.refresh(force=True)
             result = self._query(query, k)
         hits = []
-        for meta, dist in zip(result["metadatas"][0], result["distances"][0]):
+        pairs = list(zip(result["metadatas"][0], result["distances"][0]))
+        # An op named exactly what was asked for ("softmax", "rms norm") comes first: a fused op that mentions
+        # the word more often can sit closer in embedding space.
+        exact = re.sub(r"[\s\-]+", "_", query.strip().lower())
+        pairs.sort(key=lambda pair: pair[0]["name"] != exact)
+        for meta, dist in pairs[:k]:
             hits.append(SearchHit(
                 name=str(meta["name"]),
                 score=round(min(1.0, max(0.0, 1.0 - float(dist))), 4),
@@ -237,7 +245,8 @@ class LibraryIndex:
 
     def _query(self, query: str, k: int) -> dict[str, Any]:
         vec = self._ef.embed_query([query.strip()])
-        return self._collection.query(query_embeddings=vec, n_results=min(k, self._count),
+        # a few more than asked for, so an exact name match just outside the top k can be moved up
+        return self._collection.query(query_embeddings=vec, n_results=min(k + EXACT_NAME_WINDOW, self._count),
                                       include=["metadatas", "distances"])
 
 
