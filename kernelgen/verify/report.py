@@ -107,7 +107,7 @@ def speedup_png(verdicts: Sequence[Verdict], path: str | Path) -> Path:
     groups = [(v, [p for p in v.performance if p.get("speedup_eager")]) for v in verdicts]
     groups = [(v, rows) for v, rows in groups if rows]
     width = max(6.0, 1.2 + 0.9 * sum(len(rows) for _, rows in groups))
-    fig, ax = plt.subplots(figsize=(min(width, 40.0), 4.5), dpi=100)
+    fig, ax = plt.subplots(figsize=(min(width, 40.0), 5.5), dpi=100)
     if not groups:
         ax.axis("off")
         ax.text(0.5, 0.5, "no timings in these verdicts (accuracy only)", ha="center", va="center", fontsize=12)
@@ -136,13 +136,13 @@ def speedup_png(verdicts: Sequence[Verdict], path: str | Path) -> Path:
         ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.set_ylabel("speedup (baseline ms / kernel ms)")
         ax.set_xticks(ticks)
-        ax.set_xticklabels(labels, fontsize=7)
-        for mid, name in group_mid:
-            ax.annotate(name, (mid, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 4),
+        ax.set_xticklabels(labels, fontsize=7, rotation=90)
+        for i, (mid, name) in enumerate(group_mid):  # names of neighbouring ops on two rows: long ones overlap
+            ax.annotate(name, (mid, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 4 + 12 * (i % 2)),
                         textcoords="offset points", ha="center", fontsize=9, fontweight="bold")
         ax.legend(loc="upper right", fontsize=8)
         devices = sorted({v.device for v, _ in groups if v.device})
-        ax.set_title("kernelgen speedup" + (f" on {', '.join(devices)}" if devices else ""), pad=18)
+        ax.set_title("kernelgen speedup" + (f" on {', '.join(devices)}" if devices else ""), pad=30)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
