@@ -49,7 +49,10 @@ def list_ops(
     library: list[str] | None = typer.Option(None, "--library", help="Extra library folder(s) to include."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Every library op: the ATen overloads it overrides and, per backend, its verification status."""
+    """Every library op: the ATen overloads it overrides and, per backend, its verification status and
+    whether `kernelgen.enable()` switches it on there."""
+    from kernelgen.aten import policy_allows
+    from kernelgen.backends import get_backend
     from kernelgen.library import discover, op_status
 
     names = _backend_names(backend)
@@ -63,6 +66,11 @@ def list_ops(
             "reason": op.error,
             "backends": {b: op_status(op, b) for b in names},
         }
+        for b in names:
+            be = get_backend(b)
+            on, why = policy_allows(op, be, "verified")
+            on_by_size, _ = policy_allows(op, be, "verified", by_size=True)
+            row["backends"][b]["enable"] = {"verified": on, "by_size": on_by_size, "why_not": why}
         rows.append(row)
     if as_json:
         emit_json(rows)
@@ -82,9 +90,15 @@ def list_ops(
             text = f"[{STATUS_STYLE[st['status']]}]{st['status']}[/]"
             if st.get("speedup"):
                 text += f" {st['speedup']:.2f}x"
+            if st["enable"]["verified"]:
+                text += " [green]on[/]"  # switched on by kernelgen.enable()
+            elif st["enable"]["by_size"]:
+                text += " [yellow]by_size[/]"  # on with enable(by_size=True), for large inputs
             cells.append(text)
         table.add_row(row["name"], ", ".join(row["aten"]) or "-", *cells)
     console.print(table)
+    console.print("[green]on[/]: switched on by kernelgen.enable(); [yellow]by_size[/]: by "
+                  "kernelgen.enable(by_size=True), for large inputs only", highlight=False)
 
 
 @app.command("backends")

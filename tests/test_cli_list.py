@@ -70,3 +70,25 @@ def test_backends_json_lists_builtins():
     result = runner.invoke(app, ["backends", "--json"])
     names = [b["name"] for b in json.loads(result.stdout)]
     assert names[:2] == ["cuda", "interpreter"]
+
+
+def test_list_says_which_ops_enable_switches_on_and_why_not(tmp_path, monkeypatch):
+    ops = _lib(tmp_path, monkeypatch)
+    for name, speedups in (("always_faster", (1.2, 1.5)), ("faster_when_large", (0.8, 1.5))):
+        shutil.copytree(RMS, ops / name, ignore=shutil.ignore_patterns("verified"))
+        spec = ops / name / "spec.toml"
+        spec.write_text(spec.read_text().replace('name = "rms_norm"', f'name = "{name}"'))
+        perf = [{"dtype": "bfloat16", "dims": {"M": m, "N": 64}, "speedup_eager": s}
+                for m, s in zip((1, 4096), speedups)]
+        write_record(ops / name, "cuda", {"passed": True, "performance": perf, "min_speedup_vs_eager": min(speedups),
+                                         "source_hash": source_hash(ops / name)})
+    result = runner.invoke(app, ["list", "--backend", "cuda", "--backend", "interpreter", "--json"])
+    rows = {r["name"]: r["backends"] for r in json.loads(result.stdout)}
+    assert rows["always_faster"]["cuda"]["enable"] == {"verified": True, "by_size": True, "why_not": ""}
+    slow_small = rows["faster_when_large"]["cuda"]["enable"]
+    assert (slow_small["verified"], slow_small["by_size"]) == (False, True)
+    assert "slower than eager" in slow_small["why_not"]
+    assert not rows["always_faster"]["interpreter"]["enable"]["verified"]  # no record there, no speed figures
+    table = runner.invoke(app, ["list", "--backend", "cuda"], env={"COLUMNS": "200"}).stdout.splitlines()
+    assert next(line for line in table if "always_faster" in line).split("│")[3].split()[-1] == "on"
+    assert next(line for line in table if "faster_when_large" in line).split("│")[3].split()[-1] == "by_size"
