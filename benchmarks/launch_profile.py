@@ -9,25 +9,14 @@ from __future__ import annotations
 
 import cProfile
 import pstats
-import time
 
 import torch
 import triton
+from launch_overhead import host_us  # this folder: the same host timing as the launch overhead table
 
 from kernelgen.library import get_op
 
 F = torch.nn.functional
-
-
-def host_us(fn, calls: int = 3000) -> float:
-    for _ in range(100):
-        fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / calls * 1e6
 
 
 def main() -> None:
@@ -49,7 +38,7 @@ def main() -> None:
             ("kernelgen softmax launcher", lambda: softmax(x))]
     print(f"host time per call, {M}x{N} bf16, triton {triton.__version__}, torch {torch.__version__}")
     for name, fn in rows:
-        print(f"  {name:34s} {host_us(fn):7.1f} us")
+        print(f"  {name:34s} {host_us(fn, (), calls=3000):7.1f} us")
     profile = cProfile.Profile()
     profile.enable()
     for _ in range(3000):

@@ -22,9 +22,8 @@ import torch
 from triton.testing import do_bench
 
 from kernelgen.library import get_op, load_kernel_module, merge_op
-from kernelgen.verify.inputs import make_inputs
+from kernelgen.verify.performance import input_sets, rotating
 
-L2_BYTES = 50 * 2**20
 MIN_NUMEL = 4096 * 4096  # smaller shapes time the host, not the launch parameters
 
 
@@ -79,14 +78,8 @@ def apply(module, setting: dict) -> dict:
     return saved
 
 
-def time_launcher(launcher, input_sets) -> float:
-    state = {"i": 0}
-
-    def call():
-        state["i"] += 1
-        return launcher(*input_sets[state["i"] % len(input_sets)])
-
-    return do_bench(call, warmup=10, rep=60, return_mode="median")
+def time_launcher(launcher, sets) -> float:
+    return do_bench(rotating(launcher, sets), warmup=10, rep=60, return_mode="median")
 
 
 def sweep(targets, workdir: Path) -> list[dict]:
@@ -95,13 +88,9 @@ def sweep(targets, workdir: Path) -> list[dict]:
         spec, module = load_target(target, workdir)
         launcher = getattr(module, spec.function)
         for dims in spec.bench_shapes:
-            first = make_inputs(spec, dims, "bfloat16", "cuda", 0)
-            numel = max(a.numel() for a in first if isinstance(a, torch.Tensor))
-            if numel < MIN_NUMEL:
+            sets = input_sets(spec, dims, "bfloat16", "cuda", 0)
+            if max(a.numel() for a in sets[0] if isinstance(a, torch.Tensor)) < MIN_NUMEL:
                 continue
-            ws = sum(a.numel() * a.element_size() for a in first if isinstance(a, torch.Tensor))
-            copies = 1 if ws * 2 > L2_BYTES else min(16, -(-4 * L2_BYTES // ws))
-            sets = [first] + [make_inputs(spec, dims, "bfloat16", "cuda", k) for k in range(1, copies)]
             shape = "x".join(str(v) for v in dims.values())
             default_ms = time_launcher(launcher, sets)
             row = {"target": target, "shape": shape, "default_us": default_ms * 1e3, "settings": []}

@@ -56,6 +56,7 @@ def list_ops(
     from kernelgen.library import discover, op_status
 
     names = _backend_names(backend)
+    backends = {b: get_backend(b) for b in names}
     rows = []
     for op in discover(library):
         row = {
@@ -66,8 +67,7 @@ def list_ops(
             "reason": op.error,
             "backends": {b: op_status(op, b) for b in names},
         }
-        for b in names:
-            be = get_backend(b)
+        for b, be in backends.items():
             on, why = policy_allows(op, be, "verified")
             on_by_size, _ = policy_allows(op, be, "verified", by_size=True)
             row["backends"][b]["enable"] = {"verified": on, "by_size": on_by_size, "why_not": why}

@@ -23,7 +23,16 @@ def _working_set(args: list[Any]) -> int:
     return sum(a.numel() * a.element_size() for a in args if isinstance(a, torch.Tensor))
 
 
-def _rotating(fn, input_sets: list[list[Any]]):
+def input_sets(spec: OpSpec, dims: dict[str, int], dtype: str, device: str, seed: int) -> list[list[Any]]:
+    """Fresh inputs for one timed shape: several sets (rotated by `rotating`) while they fit in a few L2s, so
+    a kernel is not timed on data the previous call left in cache; one set for larger working sets."""
+    first = make_inputs(spec, dims, dtype, device, seed)
+    ws = _working_set(first)
+    copies = 1 if ws == 0 or ws * 2 > L2_BYTES else min(16, math.ceil(4 * L2_BYTES / ws))
+    return [first] + [make_inputs(spec, dims, dtype, device, seed + k) for k in range(1, copies)]
+
+
+def rotating(fn, input_sets: list[list[Any]]):
     state = {"i": 0}
 
     def call():
@@ -48,10 +57,8 @@ def measure(
         if dtype not in spec.dtypes or not backend.supports_dtype(dtype):
             continue
         for dims in shapes if shapes is not None else spec.bench_shapes:
-            first = make_inputs(spec, dims, dtype, backend.device, seed)
-            ws = _working_set(first)
-            copies = 1 if ws == 0 or ws * 2 > L2_BYTES else min(16, math.ceil(4 * L2_BYTES / ws))
-            sets = [first] + [make_inputs(spec, dims, dtype, backend.device, seed + k) for k in range(1, copies)]
+            sets = input_sets(spec, dims, dtype, backend.device, seed)
+            first, copies = sets[0], len(sets)
             row: dict[str, Any] = {"dtype": dtype, "dims": dims, "input_sets": copies, "rounds": ROUNDS}
             fns = {"kernel": launcher, "eager": reference}
             if compiled is not None:
@@ -65,7 +72,7 @@ def measure(
             samples: dict[str, list[float]] = {k: [] for k in fns}
             for _ in range(ROUNDS):
                 for key, fn in fns.items():
-                    samples[key].append(backend.bench(_rotating(fn, sets), rep_ms=REP_MS))
+                    samples[key].append(backend.bench(rotating(fn, sets), rep_ms=REP_MS))
             for key, vals in samples.items():
                 row[f"{key}_ms"] = statistics.median(vals)
             row["speedup_eager"] = row["eager_ms"] / row["kernel_ms"]
