@@ -303,7 +303,7 @@ def compose_cmd(
     """Dry run of the embedded composer: print what it understood and the spec; --out writes the op folder."""
     from pathlib import Path
 
-    from kernelgen.agents.composer import ComposeError, compose
+    from kernelgen.frontends.composer import ComposeError, compose
     from kernelgen.spec import dump_spec
 
     out_dir = Path(out) if out is not None else None

@@ -221,7 +221,7 @@ def test_merge_is_atomic_and_idempotent_and_clears_leftovers_of_an_interrupted_m
 
 
 def test_generate_asks_the_llm_with_the_composer_spec_and_retrieved_examples(env, tmp_path):
-    from kernelgen.agents.composer import compose
+    from kernelgen.frontends.composer import compose
     from kernelgen.spec import dump_spec
 
     comp = compose("silu and mul")
@@ -244,7 +244,7 @@ def test_generate_asks_the_llm_with_the_composer_spec_and_retrieved_examples(env
 
 
 def test_same_reference_tells_equal_ops_from_near_misses():
-    from kernelgen.agents.composer import compose
+    from kernelgen.frontends.composer import compose
     from kernelgen.library import get_op
 
     silu = get_op("silu_and_mul").spec
@@ -259,7 +259,7 @@ def test_same_reference_tells_equal_ops_from_near_misses():
 def test_retrieve_reuses_an_equivalent_op_of_the_target_library_only(env, tmp_path):
     import shutil
 
-    from kernelgen.agents.composer import compose
+    from kernelgen.frontends.composer import compose
     from kernelgen.library import builtin_library
     from kernelgen.spec import dump_spec
 
