@@ -236,7 +236,9 @@ def test_generate_asks_the_llm_with_the_composer_spec_and_retrieved_examples(env
         prompts = srv.user_prompts()
     assert [c["id"] for c in out["candidates"]] == ["composer", "llm-1", "llm-2"]
     assert out["candidates"][1]["kernel"] == "# first\n" and not out["candidates"][1]["error"]
-    assert out["candidates"][2]["error"] == "the answer has no ```python block"  # verified as a static failure
+    # verified as a static failure, saying what the answer lacked
+    assert out["candidates"][2]["error"] == ("the answer has no ```python block with kernel.py defining "
+                                             f"{comp.spec.function}(...) (it has no fenced code block at all)")
     assert len(prompts) == 2
     assert f'function = "{comp.spec.function}"' in prompts[0]  # the spec it must satisfy
     assert "silu_and_mul/kernel.py" in prompts[0] and "@triton.jit" in prompts[0]  # the nearest library op
