@@ -48,7 +48,8 @@ def cross_entropy(logits, target, ignore_index=-100, max_block=4096):
 '''
 
 _CE_SPEC_HEAD = '''name = "cross_entropy"
-description = "Cross entropy of each row of logits [M, N] against its integer class target: logsumexp(row) - row[target]; rows whose target is ignore_index give 0."
+description = """Cross entropy of each row of logits [M, N] against its integer class target: \
+logsumexp(row) - row[target]; rows whose target is ignore_index give 0."""
 tags = ["loss", "cross entropy", "log softmax", "classification", "row"]
 family = "loss"
 reference = """
@@ -151,4 +152,146 @@ of them are not valid class indices for N classes; `F.cross_entropy` rejects the
 {indent(CE_SPEC_FIXED, 2)}  ```
 
 With these inputs every target is in range or ignored, and the reference runs on all the shapes.
+"""
+
+
+GN_REQUEST = "group norm over channels of a [batch, channels, length] tensor with a learned weight and bias"
+
+GN_KERNEL = '''import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit(do_not_specialize=["eps"])
+def _group_norm_fwd(x_ptr, w_ptr, b_ptr, y_ptr, C, L, G, stride_b, stride_c, stride_l, eps,
+                    BLOCK: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    b = pid // G
+    g = pid % G
+    cg = C // G
+    size = cg * L
+    x_base = x_ptr + b * stride_b + g * cg * stride_c
+    y_base = y_ptr + b * C * L + g * cg * L  # y is contiguous [B, C, L]
+    # Pass 1: mean; pass 2: variance around it (two passes keep float32 accurate for large groups).
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(0, size, BLOCK):
+        i = start + tl.arange(0, BLOCK)
+        mask = i < size
+        x = tl.load(x_base + (i // L) * stride_c + (i % L) * stride_l, mask=mask, other=0.0).to(tl.float32)
+        acc += x
+    mean = tl.sum(acc, axis=0) / size
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(0, size, BLOCK):
+        i = start + tl.arange(0, BLOCK)
+        mask = i < size
+        x = tl.load(x_base + (i // L) * stride_c + (i % L) * stride_l, mask=mask, other=0.0).to(tl.float32)
+        d = tl.where(mask, x - mean, 0.0)
+        acc += d * d
+    rstd = 1.0 / tl.sqrt(tl.sum(acc, axis=0) / size + eps)
+    for start in range(0, size, BLOCK):
+        i = start + tl.arange(0, BLOCK)
+        mask = i < size
+        c = g * cg + i // L
+        x = tl.load(x_base + (i // L) * stride_c + (i % L) * stride_l, mask=mask, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + c, mask=mask, other=1.0).to(tl.float32)
+        bias = tl.load(b_ptr + c, mask=mask, other=0.0).to(tl.float32)
+        y = (x - mean) * rstd * w + bias
+        tl.store(y_base + i, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def group_norm(x, weight, bias, num_groups, eps=1e-5, max_block=4096):
+    B, C, L = x.shape
+    y = torch.empty((B, C, L), dtype=x.dtype, device=x.device)
+    if B == 0 or C == 0 or L == 0:
+        return y
+    block = min(triton.next_power_of_2((C // num_groups) * L), max_block)
+    _group_norm_fwd[(B * num_groups,)](x, weight, bias, y, C, L, num_groups, x.stride(0), x.stride(1),
+                                       x.stride(2), eps, BLOCK=block)
+    return y
+'''
+
+_GN_SPEC = '''name = "group_norm"
+description = """Group normalization of x [B, C, L]: channels split into num_groups groups; each \
+(batch, group) is normalized over its channels and positions, then scaled by weight[c] and shifted by bias[c]."""
+tags = ["norm", "normalization", "group norm", "groupnorm"]
+family = "norm"
+reference = """
+def reference(x, weight, bias, num_groups, eps):
+    return F.group_norm(x, num_groups, weight, bias, eps)
+"""
+dtypes = ["float32"]
+
+[signature]
+function = "group_norm"
+outputs = ["y"]
+
+[[inputs]]
+name = "x"
+shape = ["B", "C", "L"]
+
+[[inputs]]
+name = "weight"
+shape = ["C"]
+
+[[inputs]]
+name = "bias"
+shape = ["C"]
+
+[[inputs]]
+name = "num_groups"
+kind = "int"
+value = 2
+
+[[inputs]]
+name = "eps"
+kind = "float"
+value = 1e-5
+
+[shapes]
+{row_col}test = [{{ B = 2, C = 4, L = 10 }}, {{ B = 3, C = 6, L = 33 }}]
+bench = [{{ B = 32, C = 256, L = 4096 }}]
+
+[model]
+bytes = "2 * B * C * L * elem + 2 * C * elem"
+flops = "8 * B * C * L"
+'''
+GN_SPEC_NO_DIMS = _GN_SPEC.format(row_col="")  # row_dim/col_dim default to M/N, which it has not
+GN_SPEC = _GN_SPEC.format(row_col='row_dim = "B"\ncol_dim = "L"\n')
+
+# First answer to the spec prompt: only the kernel (the model forgot the spec), with a usage block.
+GN_ANSWER_KERNEL_ONLY = f"""Group norm reduces over (C / G) * L elements per (batch, group), so one program per
+(batch, group) streams its elements three times: mean, variance, then the normalized output.
+
+```python
+{GN_KERNEL}```
+
+Example:
+
+```python
+y = group_norm(torch.randn(2, 4, 10), torch.ones(4), torch.zeros(4), 2)
+```
+"""
+# Second answer: the spec, but with the default row/column dims, which name no dim of [B, C, L].
+GN_ANSWER_NO_DIMS = f"""Sorry about that. Here is spec.toml:
+
+```toml
+{GN_SPEC_NO_DIMS}```
+
+and the kernel again:
+
+```py
+{GN_KERNEL}```
+"""
+# Third answer: the kernel first, then the spec with row_dim and col_dim, under list items.
+GN_ANSWER = f"""Understood: the verifier varies `row_dim` and `col_dim`, so they must be dims of the inputs.
+
+1. kernel.py (unchanged):
+
+   ```python
+{indent(GN_KERNEL, 3)}   ```
+
+2. spec.toml, with `row_dim = "B"` (independent batches) and `col_dim = "L"` (each group runs along L):
+
+   ```toml
+{indent(GN_SPEC, 3)}   ```
 """

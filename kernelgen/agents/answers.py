@@ -127,7 +127,7 @@ def _spec_function(spec: str) -> str | None:
 def _contents(blocks: list[tuple[str, str]]) -> str:
     if not blocks:
         return "it has no fenced code block at all"
-    langs = [lang or "unlabelled" for lang, _ in blocks]
+    langs = ["python" if lang in PYTHON_LANGS else lang or "unlabelled" for lang, _ in blocks]
     counts = ", ".join(f"{langs.count(x)} {x}" for x in dict.fromkeys(langs))
     return f"it has {counts} block{'s' if len(blocks) > 1 else ''}"
 
