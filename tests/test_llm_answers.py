@@ -85,3 +85,15 @@ def test_generate_takes_the_launcher_block_of_answers_from_the_server(env, tmp_p
     assert llm1["kernel"] == CE_KERNEL and not llm1["error"]
     assert llm2["error"] == ("the answer has no ```python block with kernel.py defining cross_entropy(...) "
                              "(it has no fenced code block at all)")
+
+
+@pytest.mark.parametrize("name", ["spec_fields", "spec_retry", "repair_spec"])
+def test_new_prompt_templates_render_with_their_placeholders(name):
+    from kernelgen.agents import llm as llm_mod
+
+    keys = llm_mod.prompt_placeholders(name)
+    assert keys  # each takes values
+    text = llm_mod.render(name, **{k: f"<{k.upper()}>" for k in keys})
+    assert all(f"<{k.upper()}>" in text for k in keys)
+    with pytest.raises(KeyError, match="has no value"):
+        llm_mod.render(name)
