@@ -248,6 +248,10 @@ def test_examples_are_relevant_whole_functions_of_the_matching_family(tmp_path):
     assert source.startswith(kept) and source[len(kept):].lstrip("\n")[:1] in ("@", "d", "c", "_")
     compile(kept, "cut", "exec")  # whole statements only
     assert cut_at_functions("x = 1\n", 100) == "x = 1\n"
+    # a module docstring spanning lines stays whole; a decorator stays with its function
+    doc = '"""Kernels.\nSecond line of the docstring.\n"""\n\nimport triton\n\n\n@triton.jit\ndef k(x):\n    pass\n'
+    cut = cut_at_functions(doc + "\n\ndef launcher(x):\n    return x\n" + "# pad\n" * 20, len(doc) + 5)
+    assert cut == doc.rstrip() + "\n# ... (the rest of this file is left out)\n"
 
 
 # ---- 6: LLM retries in the progress output ------------------------------------------------------------

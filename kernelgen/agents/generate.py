@@ -3,6 +3,7 @@ when the composer could not understand the request), and the prompts they are as
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 from typing import Any
@@ -39,25 +40,31 @@ def _example_paths(state: dict, family: str, limit: int) -> list[Path]:
     return [p for _, _, p in sorted(ranked, key=lambda r: r[:2])][:limit]
 
 
+def _top_level_blocks(source: str) -> list[str]:
+    """The source split before each top-level statement (a decorated def starts at its first decorator);
+    comments and blank lines go with the statement after them."""
+    lines = source.splitlines(keepends=True)
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:
+        return [source]
+    starts = sorted({min([n.lineno] + [d.lineno for d in getattr(n, "decorator_list", [])]) for n in body})
+    cuts = [0] + [s - 1 for s in starts[1:]] + [len(lines)]
+    blocks = ["".join(lines[a:b]) for a, b in zip(cuts, cuts[1:])]
+    return [b for b in blocks if b]
+
+
 def cut_at_functions(source: str, limit: int = EXAMPLE_CHARS) -> str:
     """`source` whole if it fits; else its leading top-level blocks (imports, decorated defs, classes) that
     fit in `limit`, never a block cut in two, and a note that the rest is left out."""
     if len(source) <= limit:
         return source
-    blocks: list[list[str]] = []
-    for line in source.splitlines(keepends=True):
-        starts = bool(line) and not line[0].isspace() and not line.startswith((")", "]", "}", "#"))
-        decorated = bool(blocks) and blocks[-1] and blocks[-1][-1].startswith("@")
-        if not blocks or (starts and not decorated):
-            blocks.append([])
-        blocks[-1].append(line)
     kept, size = [], 0
-    for block in blocks:
-        text = "".join(block)
-        if size + len(text) > limit and kept:
+    for block in _top_level_blocks(source):
+        if size + len(block) > limit and kept:
             break
-        kept.append(text)
-        size += len(text)
+        kept.append(block)
+        size += len(block)
     return "".join(kept).rstrip() + "\n# ... (the rest of this file is left out)\n"
 
 
