@@ -272,3 +272,28 @@ def test_llm_retries_are_shown_in_the_progress_output(env, tmp_path):
     assert retries == ["LLM attempt 1 failed (HTTP 500: overloaded); retry 1 of 3 in 0.01 s",
                        "LLM attempt 2 failed (HTTP 503: warming up); retry 2 of 3 in 0.02 s"]
     assert out["candidates"][0]["kernel"] == CE_KERNEL
+
+
+def test_a_spec_repair_revises_the_spec_once_and_carries_the_rounds_other_candidates(env, tmp_path):
+    from llm_answers import CE_ANSWER_FIXED
+
+    spec_text, name = _accept_llm_spec(CE_SPEC_BROKEN, None, "cross entropy")
+    problem = "the spec's reference raised on the spec's own inputs (test, seed 1): IndexError: Target 7"
+    failed = {"interpreter": {"passed": False, "check": "spec", "message": problem}}
+    other_kernel = CE_KERNEL.replace("max_block=4096", "max_block=2048")
+    state = {"run_id": "s2", "request": "cross entropy", "name": name, "spec": spec_text, "spec_origin": "llm",
+             "options": {"library": str(tmp_path / "lib"), "backends": ["interpreter"], "rounds": 2},
+             "llm": {"enabled": True}, "round": 0, "spec_checks": {_spec_key(spec_text): problem},
+             "candidates": [{"id": f"llm-{i}", "origin": "llm", "round": 0, "parent": "", "kernel": k, "error": "",
+                             "verdicts": dict(failed)} for i, k in ((1, CE_KERNEL), (2, other_kernel))]}
+    with ScriptedLLM([CE_ANSWER_FIXED]) as srv:
+        env.setenv("KERNELGEN_BASE_URL", srv.url)
+        out = nodes.repair(state)
+        assert len(srv.requests) == 1  # one spec repair for the round, not one per candidate
+    revised = spec_of(out["spec"])
+    assert revised.inputs[1].fill == "index" and revised.request == "cross entropy"
+    new1, new2 = out["candidates"][2:]
+    assert (new1["id"], new1["parent"], new1["kernel"]) == ("llm-1.r1", "llm-1", CE_KERNEL)
+    assert (new2["id"], new2["parent"], new2["kernel"]) == ("llm-2.r1", "llm-2", other_kernel)
+    assert not new1["verdicts"] and not new2["verdicts"]  # both verified next, against the revised spec
+    assert out["round"] == 1 and any("revised the spec" in m for m in out["messages"])
