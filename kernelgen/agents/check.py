@@ -136,8 +136,9 @@ def _verdict_text(cand: dict) -> str:
     return "\n".join(lines)
 
 
-def _failed_check(cand: dict) -> str:
-    return next((v.get("check", "") for v in cand["verdicts"].values() if not v.get("passed")), "")
+def _failed(cand: dict) -> dict:
+    """The first failing verdict of a candidate ({} when none failed)."""
+    return next((v for v in cand["verdicts"].values() if not v.get("passed")), {})
 
 
 def repair(state: dict) -> dict:
@@ -155,15 +156,18 @@ def repair(state: dict) -> dict:
     failing = _latest_failing_llm(state)
     spec_text = state["spec"]
     try:
-        spec_failed = [c for c in failing if _failed_check(c) == "spec"]
-        if spec_failed and state.get("spec_origin") == "llm":
+        spec_failed = [c for c in failing if _failed(c).get("check") == "spec"]
+        # the spec changes only while nothing passes: a pass against the old spec must not be merged under
+        # the new one
+        backends = _opts(state).get("backends") or []
+        if spec_failed and state.get("spec_origin") == "llm" and not any(passes(c, backends) for c in cands):
             first = spec_failed[0]
             new_cand, new_spec = _repair_spec(state, first, rnd, client)
             cands.append(new_cand)
             if new_spec:
                 spec_text = out["spec"] = new_spec
                 out["messages"].append(f"round {rnd}: the LLM revised the spec after: "
-                                       f"{_first_line(first['verdicts'][next(iter(first['verdicts']))]['message'])}")
+                                       f"{_first_line(_failed(first).get('message', ''))}")
             for other in spec_failed[1:]:
                 cands.append(_candidate(f"{other['id'].split('.r')[0]}.r{rnd}", "llm", other["kernel"], round_=rnd,
                                         parent=other["id"], error=other["error"]))
