@@ -84,7 +84,7 @@ def _examples(state: dict, limit: int = 2, family: str = "") -> str:
     return (note + "\n\n".join(parts)) if parts else "(none)"
 
 
-def _spec_family(spec_text: str | None) -> tuple[str, str | None]:
+def _family_and_launcher(spec_text: str | None) -> tuple[str, str | None]:
     """(family, launcher function) of a spec text; ("", None) when there is none."""
     if not spec_text:
         return "", None
@@ -127,9 +127,9 @@ def generate(state: dict) -> dict:
             if spec_text is None and n:
                 spec_text, name, text = _ask_for_spec(state, client)
                 out.update(spec=spec_text, name=name, spec_origin="llm")
-                cands.append(kernel_candidate("llm-1", text, _spec_family(spec_text)[1]))
+                cands.append(kernel_candidate("llm-1", text, _family_and_launcher(spec_text)[1]))
                 emit("generate", f"LLM spec: op {name!r}; candidate llm-1", "green")
-            family, function = _spec_family(spec_text)
+            family, function = _family_and_launcher(spec_text)
             for i in range(len([c for c in cands if c["origin"] == "llm"]) + 1, n + 1):
                 emit("generate", f"asking {client.config.model} for candidate llm-{i}")
                 prompt = llm_mod.render("generate", request=state["request"], spec=spec_text,
