@@ -67,13 +67,21 @@ def status() -> dict:
 
 
 class _Ops:
-    """`kernelgen.ops.NAME(...)`: the launcher of a library op, for the accelerator present
-    (the interpreter backend when there is none)."""
+    """`kernelgen.ops.NAME(...)`: the launcher of a library op, for the accelerator present (the interpreter
+    backend when there is none).
+
+    The first access resolves the op (library search, kernel import, custom-op registration) and stores the
+    result on this object, so every later `kernelgen.ops.NAME` is a plain attribute read: writing the
+    lookup out on every call costs the same as keeping the launcher in a variable. `kernelgen.ops.reload()`
+    forgets what was resolved (after adding or editing an op in the same process). In eager the launcher
+    runs directly; under torch.compile the same call is the custom op `torch.ops.kernelgen.NAME`
+    (`kernelgen.custom_ops`), so `fullgraph=True` traces through it."""
 
     def __getattr__(self, name: str):
         if name.startswith("_"):
             raise AttributeError(name)
-        from kernelgen.backends import default_backend
+        from kernelgen.backends import default_backend, get_backend
+        from kernelgen.custom_ops import compile_aware, register
         from kernelgen.errors import OpNotFound
         from kernelgen.library import get_op
 
@@ -81,11 +89,18 @@ class _Ops:
             op = get_op(name)
         except OpNotFound as exc:
             raise AttributeError(str(exc)) from None
-        from kernelgen.backends import get_backend
-
+        if op.broken:
+            raise AttributeError(f"op {name!r} is broken: {op.error}")
         backend = default_backend() or get_backend("interpreter")
         backend.prepare()
-        return op.launcher(backend.name)  # that backend's variant and tuning, if the op has them
+        launcher = op.launcher(backend.name)  # that backend's variant and tuning, if the op has them
+        fn = compile_aware(launcher, register(op.spec, launcher))
+        self.__dict__[name] = fn  # later reads find it without __getattr__
+        return fn
+
+    def reload(self) -> None:
+        """Forget resolved ops: the next access searches the library again."""
+        self.__dict__.clear()
 
     def __dir__(self):
         from kernelgen.library import discover
@@ -95,4 +110,20 @@ class _Ops:
 
 ops = _Ops()
 
-__all__ = ["enable", "disable", "use", "status", "ops", "__version__"]
+
+def patch(model, backend=None, policy="verified", include=None, exclude=None):
+    """Swap a Hugging Face model's norms, residual+norm, gated MLP, RoPE and causal-LM loss for library ops
+    verified on the backend (see `kernelgen.patch_models`). Returns what was patched; `unpatch` undoes it."""
+    from kernelgen.patch_models import patch as _patch
+
+    return _patch(model, backend=backend, policy=policy, include=include, exclude=exclude)
+
+
+def unpatch(model) -> None:
+    """Restore every module `patch` changed in this model exactly as it was."""
+    from kernelgen.patch_models import unpatch as _unpatch
+
+    _unpatch(model)
+
+
+__all__ = ["enable", "disable", "use", "status", "ops", "patch", "unpatch", "__version__"]
