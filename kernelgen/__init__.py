@@ -66,6 +66,50 @@ def status() -> dict:
     return aten.enabled()
 
 
+class _Resolved:
+    """op name -> the callable behind kernelgen.ops.NAME, as attributes. (Not a dict: Dynamo snapshots a dict
+    it has read once, and would not see an op resolved later in the same compiled function.)"""
+
+
+_resolved = _Resolved()
+
+
+def _resolve_op(name: str) -> None:
+    """Find the op, import its kernel and register its custom op into `_resolved` (AttributeError when there
+    is no such op). Returns nothing: under torch.compile Dynamo runs it eagerly as a constant function."""
+    if name in vars(_resolved):
+        return
+    from kernelgen.backends import default_backend, get_backend
+    from kernelgen.custom_ops import compile_aware, register
+    from kernelgen.errors import OpNotFound
+    from kernelgen.library import get_op
+
+    try:
+        op = get_op(name)
+    except OpNotFound as exc:
+        raise AttributeError(str(exc)) from None
+    if op.broken:
+        raise AttributeError(f"op {name!r} is broken: {op.error}")
+    backend = default_backend() or get_backend("interpreter")
+    backend.prepare()
+    launcher = op.launcher(backend.name)  # that backend's variant and tuning, if the op has them
+    setattr(_resolved, name, compile_aware(launcher, register(op.spec, launcher)))
+
+
+def _mark_constant_for_dynamo(fn):
+    # Resolving an op reads the library from disk, which Dynamo cannot trace: when the first access to an
+    # op happens inside a compiled function, Dynamo calls the resolver eagerly and uses what it returns.
+    try:
+        import torch._dynamo
+
+        return torch._dynamo.assume_constant_result(fn)
+    except (ImportError, AttributeError):  # pragma: no cover - older torch
+        return fn
+
+
+_resolve_op = _mark_constant_for_dynamo(_resolve_op)
+
+
 class _Ops:
     """`kernelgen.ops.NAME(...)`: the launcher of a library op, for the accelerator present (the interpreter
     backend when there is none).
@@ -80,27 +124,15 @@ class _Ops:
     def __getattr__(self, name: str):
         if name.startswith("_"):
             raise AttributeError(name)
-        from kernelgen.backends import default_backend, get_backend
-        from kernelgen.custom_ops import compile_aware, register
-        from kernelgen.errors import OpNotFound
-        from kernelgen.library import get_op
-
-        try:
-            op = get_op(name)
-        except OpNotFound as exc:
-            raise AttributeError(str(exc)) from None
-        if op.broken:
-            raise AttributeError(f"op {name!r} is broken: {op.error}")
-        backend = default_backend() or get_backend("interpreter")
-        backend.prepare()
-        launcher = op.launcher(backend.name)  # that backend's variant and tuning, if the op has them
-        fn = compile_aware(launcher, register(op.spec, launcher))
+        _resolve_op(name)
+        fn = getattr(_resolved, name)
         self.__dict__[name] = fn  # later reads find it without __getattr__
         return fn
 
     def reload(self) -> None:
         """Forget resolved ops: the next access searches the library again."""
         self.__dict__.clear()
+        vars(_resolved).clear()
 
     def __dir__(self):
         from kernelgen.library import discover
