@@ -297,7 +297,7 @@ def patch(model, backend=None, policy="verified", include=None, exclude=None) ->
 
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
-    unknown = sorted(set(include or []) | set(exclude or []) - set(LIBRARY_OPS))
+    unknown = sorted((set(include or []) | set(exclude or [])) - set(LIBRARY_OPS))
     if unknown:
         raise ValueError(f"unknown op(s) {unknown}; patch() uses {list(LIBRARY_OPS)}")
     be = get_backend(backend) if backend else default_backend()
