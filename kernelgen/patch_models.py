@@ -203,7 +203,8 @@ def _patch_layer(rec, layer, style, fused, ok):
     post = layer.post_attention_layernorm
 
     def forward(self, hidden_states, *args, **kwargs):
-        if args or not ok(hidden_states, post.weight) or (style == "llama" and post.weight.dtype != hidden_states.dtype):
+        other_dtype = style == "llama" and post.weight.dtype != hidden_states.dtype
+        if args or other_dtype or not ok(hidden_states, post.weight):
             return original(hidden_states, *args, **kwargs)
         residual = hidden_states
         attn = self.self_attn(hidden_states=self.input_layernorm(hidden_states), **kwargs)
@@ -256,7 +257,7 @@ def _install_rope(model, rec, attn_modules, rotary, ok) -> int:
     for name, attns in by_module.items():
         mod = sys.modules[name]
         if name not in _rope_installs:
-            original = getattr(mod, "apply_rotary_pos_emb")
+            original = mod.apply_rotary_pos_emb
             original = getattr(original, "_kernelgen_original", original)
             _rope_installs[name] = [original, weakref.WeakSet()]
             mod.apply_rotary_pos_emb = _rope_function(original, rotary, ok)

@@ -9,9 +9,9 @@ elementwise op: about one bf16 ulp per op, carried through 2 layers).
 
 from __future__ import annotations
 
+import pytest
 import torch
 import transformers
-import pytest
 
 import kernelgen
 from kernelgen.verify.guard import count_launches
