@@ -59,8 +59,18 @@ _TRITON_RUN = JITFunction.run if JITFunction is not None else None
 _device_and_stream: tuple | None = None  # Triton's own getters, fetched on the first launch
 
 
+_use_cache = True  # set_cached_launches(False): every launch takes Triton's path (benchmarks, debugging)
+
+
 def enabled() -> bool:
     return _knobs is not None and os.environ.get("KERNELGEN_FAST_LAUNCH", "1") != "0"
+
+
+def set_cached_launches(on: bool) -> bool:
+    """Switch the cached launch path on or off for kernels already accelerated; returns the previous state."""
+    global _use_cache
+    before, _use_cache = _use_cache, bool(on)
+    return before
 
 
 @contextlib.contextmanager
@@ -172,7 +182,8 @@ class CachedLaunchJIT(JITFunction if JITFunction is not None else object):
         device = get_device()
         key = specialization_key(self._kg_constexpr, args, kwargs, device)
         entry = self._kg_cache.get(key) if key is not None else None
-        if entry is None or type(grid) is not tuple or self.pre_run_hooks or _hooks_active() or _counted():
+        if (entry is None or not _use_cache or type(grid) is not tuple or self.pre_run_hooks or _hooks_active()
+                or _counted()):
             return self._launch_through_triton(grid, key, args, kwargs)
         if entry.tail:
             args = args + tuple(kwargs.get(name, default) for name, default in entry.tail)
@@ -183,8 +194,8 @@ class CachedLaunchJIT(JITFunction if JITFunction is not None else object):
 
     def _launch_through_triton(self, grid, key, args, kwargs):
         kernel = JITFunction.run(self, *args, grid=grid, warmup=False, **kwargs)
-        cacheable = (key is not None and type(grid) is tuple and not self.pre_run_hooks and not _hooks_active()
-                     and not _counted())
+        cacheable = (key is not None and _use_cache and type(grid) is tuple and not self.pre_run_hooks
+                     and not _hooks_active() and not _counted())
         if cacheable and kernel is not None:
             run = getattr(kernel, "run", None)  # initializes the handle if Triton has not
             if callable(run) and getattr(kernel, "function", None) is not None and hasattr(kernel, "packed_metadata"):

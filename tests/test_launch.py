@@ -155,3 +155,18 @@ def test_ops_lookup_is_resolved_once(interpreter):
     assert kernelgen.ops.softmax is not first
     with pytest.raises(AttributeError):
         kernelgen.ops.no_such_op  # noqa: B018
+
+
+def test_cached_launches_can_be_switched_off(kernel):
+    k, calls, _ = kernel
+    x, y = torch.randn(64), torch.empty(64)
+    before = launch.set_cached_launches(False)
+    try:
+        k[(1,)](x, y, 64, 0.5, BLOCK=16)
+        k[(1,)](x, y, 64, 0.5, BLOCK=16)
+        assert len(calls) == 2
+    finally:
+        launch.set_cached_launches(before)
+    k[(1,)](x, y, 64, 0.5, BLOCK=16)
+    k[(1,)](x, y, 64, 0.5, BLOCK=16)
+    assert len(calls) == 3
