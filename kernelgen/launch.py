@@ -51,8 +51,9 @@ except ImportError:  # pragma: no cover
     InterpretedFunction = None
 
 MAX_ENTRIES = 256  # specializations cached per kernel; past it the cache starts over (never seen in practice)
-_INT32 = (-(1 << 31), (1 << 31) - 1)
+_INT32_MIN, _INT32_MAX = -(1 << 31), (1 << 31) - 1
 _UINT64_FROM = 1 << 63
+_Tensor = torch.Tensor
 
 _state = threading.local()
 _TRITON_RUN = JITFunction.run if JITFunction is not None else None
@@ -84,41 +85,36 @@ def no_launch():
         _state.no_launch = before
 
 
-def _arg_key(a):
-    """One non-constexpr argument's part of the key; `_NO_KEY` when we do not know how Triton keys it."""
-    t = type(a)
-    if t is int:
-        size = 0 if _INT32[0] <= a <= _INT32[1] else (1 if a >= _UINT64_FROM else 2)
-        return (a == 1, not a & 15, size)
-    if t is float or t is bool or a is None:
-        return t
-    if isinstance(a, torch.Tensor):
-        return (a.dtype, not a.data_ptr() & 15)
-    return _NO_KEY
-
-
-_NO_KEY = object()
-
-
 def specialization_key(constexpr: tuple[bool, ...], args: tuple, kwargs: dict, device=None):
-    """The cache key of a call (see the module docstring), or None when the call must take Triton's path."""
+    """The cache key of a call (see the module docstring), or None when the call must take Triton's path.
+
+    A flat tuple, built in one pass (this runs on every launch): per argument, a constexpr's value; an
+    int's (is 1, divisible by 16, range); a tensor's (dtype, 16-byte aligned); the type of a float, bool
+    or None. The first entry of each group tells its kind (a bool, a dtype, a type) and so its length,
+    which keeps the flat form unambiguous."""
     if len(args) > len(constexpr):
         return None  # too many arguments: Triton raises the error
-    parts = []
+    parts = [device]
+    append = parts.append
     for a, is_constexpr in zip(args, constexpr):
         if is_constexpr:
-            parts.append(a)
+            append(a)
+            continue
+        t = type(a)
+        if t is int:
+            append(a == 1)
+            append(not a & 15)
+            append(0 if _INT32_MIN <= a <= _INT32_MAX else (1 if a >= _UINT64_FROM else 2))
+        elif t is _Tensor or isinstance(a, _Tensor):
+            append(a.dtype)
+            append(not a.data_ptr() & 15)
+        elif t is float or t is bool or a is None:
+            append(t)
         else:
-            k = _arg_key(a)
-            if k is _NO_KEY:
-                return None
-            parts.append(k)
-    key = (device, tuple(parts), tuple(kwargs.items()) if kwargs else ())
-    try:
-        hash(key)
-    except TypeError:
-        return None
-    return key
+            return None
+    if kwargs:
+        parts.extend(kwargs.items())
+    return tuple(parts)
 
 
 def _counted() -> bool:
@@ -181,7 +177,10 @@ class CachedLaunchJIT(JITFunction if JITFunction is not None else object):
         get_device, get_stream = _device_and_stream or _getters()
         device = get_device()
         key = specialization_key(self._kg_constexpr, args, kwargs, device)
-        entry = self._kg_cache.get(key) if key is not None else None
+        try:
+            entry = self._kg_cache.get(key) if key is not None else None
+        except TypeError:  # an unhashable keyword value
+            key = entry = None
         if (entry is None or not _use_cache or type(grid) is not tuple or self.pre_run_hooks or _hooks_active()
                 or _counted()):
             return self._launch_through_triton(grid, key, args, kwargs)
