@@ -100,7 +100,7 @@ SWEEPS = {
                 "MAX_FUSED_N": [16384, 32768]},
     "log_softmax": {"LOOP_BLOCK_N": [4096, 8192, 16384], "LOOP_ELEMS_PER_THREAD": [8, 16, 32],
                     "MAX_FUSED_N": [16384, 32768]},
-    "rotary_embedding": {"TILE_MAX": [256, 512, 1024, 2048], "MAX_WARPS": [2, 4, 8]},
+    "rotary_embedding": {"TILE_MIN": [256, 512, 1024, 2048], "MAX_WARPS": [2, 4, 8]},
 }
 
 

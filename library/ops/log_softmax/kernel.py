@@ -79,7 +79,12 @@ def _log_softmax(x, out_dtype, max_block=None):
         x2 = x.view(-1, N) if x.dim() != 2 else x
     except RuntimeError:
         raise ValueError("log_softmax: the leading dims of x cannot be viewed as rows without a copy") from None
-    y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+    # empty_like parses no shape/dtype/device arguments: about a microsecond less per call than torch.empty,
+    # which matters for small (decode-size) calls. y must be contiguous, as a contiguous x's copy is.
+    if out_dtype == x.dtype and x.is_contiguous():
+        y = torch.empty_like(x)
+    else:
+        y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
     M = x2.shape[0]
     if M == 0 or N == 0:
         return y
