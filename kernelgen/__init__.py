@@ -96,18 +96,10 @@ def _resolve_op(name: str) -> None:
     setattr(_resolved, name, compile_aware(launcher, register(op.spec, launcher)))
 
 
-def _mark_constant_for_dynamo(fn):
-    # Resolving an op reads the library from disk, which Dynamo cannot trace: when the first access to an
-    # op happens inside a compiled function, Dynamo calls the resolver eagerly and uses what it returns.
-    try:
-        import torch._dynamo
-
-        return torch._dynamo.assume_constant_result(fn)
-    except (ImportError, AttributeError):  # pragma: no cover - older torch
-        return fn
-
-
-_resolve_op = _mark_constant_for_dynamo(_resolve_op)
+# Resolving an op reads the library from disk, which Dynamo cannot trace. Marked as a constant function
+# (what torch._dynamo.assume_constant_result does, without importing Dynamo here), Dynamo calls it eagerly
+# when the first access to an op happens inside a compiled function, and traces on.
+_resolve_op._dynamo_marked_constant = True
 
 
 class _Ops:
