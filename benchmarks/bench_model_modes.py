@@ -1,5 +1,7 @@
 """Part `models` of benchmarks/bench_launch_models.py: one model, several ways of making it faster, side by side.
 
+    python benchmarks/bench_model_modes.py --out DIR [--models llama qwen2] [--quick]   # alone, on the GPU
+
 Models: transformers' LlamaForCausalLM and Qwen2ForCausalLM from configs (hidden 4096, 8 layers, 32/8 heads,
 intermediate 14336, vocab 32000; random bf16 weights, norm weights drawn too), as in bench_model.py. Phases:
 prefill (1 x 2048 tokens, no cache), decode (batch 16, one token on a 2048-position KV cache, the cache put
@@ -195,3 +197,36 @@ def part_models(device, backend, tiny, quick, policy, families) -> dict:
     for family in families:
         out["families"][family] = run_family(family, device, backend, tiny, quick, policy)
     return out
+
+
+def main() -> None:
+    import argparse
+    import json
+    import os
+    import sys
+    from pathlib import Path
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True, help="writes DIR/bench_model_modes.json")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--tiny", action="store_true", help="tiny models (the CPU path through Triton's interpreter)")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--patch-policy", default="all", choices=("verified", "all"))
+    ap.add_argument("--models", nargs="*", default=list(CLASSES), choices=list(CLASSES))
+    args = ap.parse_args()
+    if args.device == "cpu":
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from kernelgen.backends import get_backend
+
+    backend = "cuda" if args.device == "cuda" else "interpreter"
+    get_backend(backend).prepare()
+    result = part_models(args.device, backend, args.tiny, args.quick, args.patch_policy, args.models)
+    result["command"] = "python benchmarks/bench_model_modes.py " + " ".join(sys.argv[1:])
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_model_modes.json").write_text(json.dumps(result, indent=2, default=str))
+    print(f"wrote {args.out / 'bench_model_modes.json'}")
+
+
+if __name__ == "__main__":
+    main()
