@@ -93,6 +93,8 @@ def _cases(tiny):
     return cases
 
 
+DEADLINE: float | None = None  # time.time() past which the remaining sweep points are skipped
+
 # Launch constants to sweep, per op: (module attribute, values). Each value is tried alone, the others at
 # their defaults.
 SWEEPS = {
@@ -133,6 +135,9 @@ def part_kernels(device, backend, tiny, quick) -> dict:
                 continue
             default = getattr(module, attr)
             for value in values:
+                if DEADLINE is not None and time.time() > DEADLINE:
+                    sweep.append({attr: value, "skipped": "time budget of the part spent"})
+                    continue
                 setattr(module, attr, value)
                 try:
                     ms = _bench_ms(case["ours"], quick)
@@ -144,7 +149,8 @@ def part_kernels(device, backend, tiny, quick) -> dict:
         out["ops"][name] = row
         print(f"kernels {name}: " + ", ".join(f"{m} {row[m]['fraction_of_copy']:.3f}" for m in
                                               ("ours", "eager", "compile", "liger") if m in row), flush=True)
-        best = max(sweep, key=lambda r: r["fraction_of_copy"]) if sweep else None
+        timed = [r for r in sweep if "fraction_of_copy" in r]
+        best = max(timed, key=lambda r: r["fraction_of_copy"]) if timed else None
         if best:
             print(f"  best sweep point: {best}", flush=True)
     return out

@@ -241,6 +241,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
     ap.add_argument("--patch-policy", default="all", choices=("verified", "all"))
     ap.add_argument("--models", nargs="*", default=["llama", "qwen2"])
+    ap.add_argument("--part-budget-s", type=float, default=180.0,
+                    help="after this many seconds in the kernels or models part, its remaining sweep points or "
+                         "modes are skipped (and reported as skipped)")
     args = ap.parse_args()
     if args.device == "cpu":
         import os
@@ -265,6 +268,7 @@ def main() -> None:
         result["versions"] = {"error": str(exc)}
     for part in args.part:
         t0 = time.time()
+        kc.DEADLINE = mm.DEADLINE = t0 + args.part_budget_s
         try:
             if part == "check":
                 res = part_check(args.device, args.tiny, args.quick)

@@ -29,6 +29,7 @@ TINY = dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_
 CLASSES = {"llama": ("LlamaConfig", "LlamaForCausalLM", "apply_liger_kernel_to_llama"),
            "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", "apply_liger_kernel_to_qwen2")}
 MODES = ("eager", "patch", "gems", "liger")
+DEADLINE: float | None = None  # time.time() past which the remaining modes are skipped (set by the caller)
 
 
 def build(family: str, cfg: dict, dtype, device: str):
@@ -142,6 +143,9 @@ def run_family(family, device, backend, tiny, quick, policy) -> dict:
     eager_ms = {}
     for mode in MODES:
         row = {}
+        if DEADLINE is not None and time.time() > DEADLINE:
+            out["modes"][mode] = {"skipped": "time budget of the part spent (--part-budget-s)"}
+            continue
         try:
             leave, row["details"] = _enter_mode(mode, model, family, backend, policy)
         except Exception as exc:  # noqa: BLE001 - an optional package missing or failing to apply
