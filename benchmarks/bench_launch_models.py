@@ -227,6 +227,14 @@ def part_device(device, backend, tiny, quick) -> dict:
     for M, N in ((16, 4096), (4096, 4096)):
         for op, fns in _small_calls(device, M, N).items():
             row = {mode: graph_device_us(fns[mode]) for mode in ("eager", "prefetched")}
+            if op != "silu_and_mul":  # the ATen override captured into a graph too
+                import kernelgen
+
+                kernelgen.enable(backend=backend, policy="all", include=[op])
+                try:
+                    row["through_enable"] = graph_device_us(fns["eager"])
+                finally:
+                    kernelgen.disable()
             out[f"{op} {M}x{N}"] = row
             print(f"device {op} {M}x{N}: eager {row['eager']:.2f} us, ours {row['prefetched']:.2f} us", flush=True)
     return out
