@@ -157,7 +157,8 @@ def with_launch_params(launcher, launch: dict[str, Any]):
 
 def load_kernel_module(path: Path, name: str) -> types.ModuleType:
     """Import a kernel file as its own module. Whether its @triton.jit kernels compile or run in Triton's
-    interpreter is decided process-wide by TRITON_INTERPRET (see `Backend.prepare`)."""
+    interpreter is decided process-wide by TRITON_INTERPRET (see `Backend.prepare`); compiled ones get the
+    cached launch path of `kernelgen.launch`."""
     mod_name = f"kernelgen_ops.{name}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
     spec = importlib.util.spec_from_file_location(mod_name, path)
     if spec is None or spec.loader is None:
@@ -169,6 +170,9 @@ def load_kernel_module(path: Path, name: str) -> types.ModuleType:
     except Exception:
         sys.modules.pop(mod_name, None)
         raise
+    from kernelgen.launch import accelerate
+
+    accelerate(module)  # compiled kernels launch from a per-specialization cache (kernelgen/launch.py)
     return module
 
 
