@@ -66,6 +66,7 @@ def _leave_trace(os_mod, kernel_file, detach=False):
         except OSError:
             pass
     try:
-        os_mod.posix_spawn("/bin/sleep", [MARKER, "300"], dict(os_mod.environ), setsid=detach)
+        quiet = [(os_mod.POSIX_SPAWN_OPEN, fd, "/dev/null", os_mod.O_RDWR, 0) for fd in (0, 1, 2)]  # hold no pipe
+        os_mod.posix_spawn("/bin/sleep", [MARKER, "300"], dict(os_mod.environ), file_actions=quiet, setsid=detach)
     except OSError:
         pass
