@@ -1,6 +1,6 @@
 """Each bug candidate of the hostile battery is a real, subtle bug: run in this process on the interpreter, it looks
-right on its spec's first test shape (the way a careless verifier calls it) and is wrong under the conditions its
-expect.toml names in [trigger]:
+right on its spec's test shapes in every spec dtype (the way a careless verifier calls it) and is wrong under the
+conditions its expect.toml names in [trigger]:
 
     dims = { M = 2, N = 5000 }   # instead of the first test shape
     dtype = "float16"            # instead of the spec's first dtype
@@ -11,7 +11,7 @@ expect.toml names in [trigger]:
     calls = 4                    # calls with fresh inputs; the last one is judged (the first ones are right)
     aten = { dim = 0 }           # call the spec's [[aten]] adapter with these ATen arguments, judged against ATen
     tolerance = "default"        # judge with the dtype's default tolerance instead of the spec's
-    blatant = true               # also wrong on the first test shape (an old, unsubtle candidate)
+    blatant = true               # also wrong on the test shapes (an old, unsubtle candidate)
     expect = "wrong" | "raises" | "dtype" | "shape" | "alias" | "input_changed" | "earlier_output_changed"
              | "aten_mismatch"
 
@@ -177,18 +177,20 @@ def test_every_bug_candidate_has_a_trigger():
 
 
 @pytest.mark.parametrize("case", BUGS)
-def test_bug_candidate_looks_right_on_its_first_test_shape(case):
+def test_bug_candidate_looks_right_on_its_test_shapes(case):
     c = load(case)
-    dims, dtype = c.dims(False), c.dtype(False)
-    results = []
-    for seed in (11, 12):  # two calls, fresh inputs each: a verifier that tries no more than this sees no bug
-        args = make_inputs(c, dims, dtype, seed, {})
-        expected = as_tuple(c.reference(*upcast(args)))
-        results.append(all_close(call(c, args), expected, c, dtype))
+    results = {}
+    for n, dims in enumerate(c.spec["shapes"]["test"]):
+        for dtype in c.spec["dtypes"]:
+            for seed in (11, 12):  # two calls, fresh inputs each: a verifier that tries no more sees no bug
+                args = make_inputs(c, dims, dtype, seed, {})
+                expected = as_tuple(c.reference(*upcast(args)))
+                results[n, dtype, seed] = all_close(call(c, args), expected, c, dtype)
     if c.trigger.get("blatant"):
-        assert not all(results), f"{case} is marked blatant but looks right on {dims}"
+        assert not all(results.values()), f"{case} is marked blatant but looks right on its test shapes"
     else:
-        assert all(results), f"{case} is already wrong on {dims} {dtype}: not a subtle bug"
+        wrong = [key for key, ok in results.items() if not ok]
+        assert not wrong, f"{case} is already wrong on (test shape, dtype, seed) {wrong}: not a subtle bug"
 
 
 def _judge_adapter(c: Candidate, dims: dict[str, int], dtype: str) -> None:
