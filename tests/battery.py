@@ -37,6 +37,7 @@ BUG_CHECKS = ("accuracy", "outputs", "inputs", "adapter", "spec")
 EXPECTS = ("wrong", "raises", "dtype", "shape", "alias", "input_changed", "earlier_output_changed", "aten_mismatch")
 # Wall time per candidate: it includes starting Python and importing torch and triton on a loaded 2-core machine.
 TIMEOUT = 60
+BATTERY_TIMEOUT = 1800  # one run over the whole battery (about 7 minutes with 2 jobs on 2 cores today)
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,22 @@ import shutil
 import tempfile
 
 import pytest
-from battery import CHECKS, HOSTILE, TIMEOUT, clear_traces, expectations, make_scratch, verified_folders
+from battery import (
+    BATTERY_TIMEOUT,
+    CHECKS,
+    HOSTILE,
+    TIMEOUT,
+    clear_traces,
+    expectations,
+    make_scratch,
+    verified_folders,
+)
 
 from kernelgen.verify.sandbox import _signal_name, is_library_op, verify_many
 
 EXPECTED = expectations()
+# The whole battery runs in the module fixture, charged to the first test that uses it: minutes on 2 cores.
+pytestmark = pytest.mark.timeout(BATTERY_TIMEOUT)
 # The attacks and bug classes of the issue that the battery must hold, each in a folder of its own.
 REQUIRED_CASES = (
     "stack_gi_frame", "stack_f_globals_compare", "stack_f_builtins_verdict", "traceback_frame", "getattr_os_system",

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from battery import REPO, TIMEOUT, clear_traces, expectations, make_scratch, verified_folders
+from battery import BATTERY_TIMEOUT, REPO, TIMEOUT, clear_traces, expectations, make_scratch, verified_folders
 from typer.testing import CliRunner
 
 from kernelgen.cli import app
@@ -64,6 +64,7 @@ def test_failures_exit_1_and_markdown_report_names_the_check(tmp_path):
     assert [v["check"] for v in doc["verdicts"]] == ["anticheat", "static"]
 
 
+@pytest.mark.timeout(BATTERY_TIMEOUT)
 def test_verify_over_the_whole_battery_gives_every_candidate_its_verdict(tmp_path):
     """One `kernelgen verify` command over every hostile candidate, in a subprocess with a scratch HOME, working
     directory and TMPDIR: nothing kills the run, each candidate gets the verdict its expect.toml names, and nothing
@@ -76,7 +77,7 @@ def test_verify_over_the_whole_battery_gives_every_candidate_its_verdict(tmp_pat
            "--backend", "interpreter", "--jobs", "2", "--timeout", str(TIMEOUT), "--format", "json"]
     try:
         proc = subprocess.run(cmd, cwd=scratch.work, env=env, capture_output=True, text=True,
-                              timeout=TIMEOUT * len(expected))
+                              timeout=BATTERY_TIMEOUT - 60)
     finally:
         files, processes = clear_traces(scratch)  # look, then clean up
     assert proc.returncode == 1, f"exit {proc.returncode}; stderr tail: {proc.stderr[-2000:]}"
