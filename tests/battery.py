@@ -113,26 +113,33 @@ def marker_files(scratch: Scratch) -> list[Path]:
     return sorted(set(found))
 
 
-def marker_processes() -> list[tuple[int, str]]:
-    """(pid, command line) of every process whose argv holds the marker."""
+def marker_processes(home: Path) -> list[tuple[int, str]]:
+    """(pid, command line) of every process whose argv holds the marker and that was started with this run's
+    scratch HOME (a battery run beside this one, or a stale one, has another)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             argv = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if MARKER not in argv:
+                continue
+            env = (entry / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if MARKER in argv:
+        if f"HOME={home}".encode() in env:
             found.append((int(entry.name), argv.strip()))
     return found
 
 
 def clear_traces(scratch: Scratch | None = None) -> tuple[list[str], list[str]]:
-    """Remove the marker files and end the marker processes a battery run left (they are that run's own
-    children's children). Returns what was found, as text, for the assertion that nothing was."""
-    files = marker_files(scratch) if scratch is not None else list(Path("/tmp").glob(f"{MARKER}*"))
-    procs = marker_processes()
+    """Remove the marker files and end the marker processes a battery run left in `scratch` (they are that run's
+    own children's children). Returns what was found, as text, for the assertion that nothing was. Without a
+    scratch: only stale marker files in /tmp, before a run."""
+    if scratch is None:
+        files, procs = list(Path("/tmp").glob(f"{MARKER}*")), []
+    else:
+        files, procs = marker_files(scratch), marker_processes(scratch.home)
     for pid, _ in procs:
         try:
             # A candidate's sleep started in a session of its own leads its group: end the group with it.
