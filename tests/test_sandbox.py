@@ -5,12 +5,14 @@ scratch HOME, working directory and TMPDIR. Each must get a verdict, be rejected
 import json
 import shutil
 import tempfile
+from pathlib import Path
 
 import pytest
 from battery import (
     BATTERY_TIMEOUT,
     CHECKS,
     HOSTILE,
+    MARKER,
     TIMEOUT,
     clear_traces,
     expectations,
@@ -107,3 +109,30 @@ def test_crash_verdict_names_the_signal():
 def test_library_op_folders_are_recognised(tmp_path):
     assert is_library_op(tmp_path / "ops" / "x")
     assert not is_library_op(HOSTILE / "correct")
+
+
+def test_trace_checks_see_what_an_escaped_candidate_leaves(tmp_path):
+    """The checks above can fail: a marker process started with the run's scratch HOME and marker files in the
+    battery copy and in /tmp are found (and ended, removed); a marker process of another HOME is not this run's."""
+    import os
+    import time
+
+    scratch = make_scratch(tmp_path / "run")
+    quiet = [(os.POSIX_SPAWN_OPEN, fd, "/dev/null", os.O_RDWR, 0) for fd in (0, 1, 2)]
+    ours = os.posix_spawn("/bin/sleep", [f"{MARKER}_selftest", "60"], {**os.environ, "HOME": str(scratch.home)},
+                          file_actions=quiet, setsid=True)
+    other = os.posix_spawn("/bin/sleep", [f"{MARKER}_elsewhere", "60"], {**os.environ, "HOME": str(tmp_path)},
+                           file_actions=quiet)
+    try:
+        planted = [scratch.battery / "correct" / f"{MARKER}_selftest", Path("/tmp") / f"{MARKER}_selftest_{ours}"]
+        for f in planted:
+            f.touch()
+        time.sleep(0.2)  # let the children exec, so their argv is the marker
+        files, procs = clear_traces(scratch)
+        assert sorted(files) == sorted(str(f) for f in planted) and not any(f.exists() for f in planted)
+        assert [p.split(":")[0] for p in procs] == [str(ours)]
+        assert os.waitpid(ours, 0)[1] != 0  # ended by a signal
+        assert clear_traces(scratch) == ([], [])
+    finally:
+        os.kill(other, 9)
+        os.waitpid(other, 0)
