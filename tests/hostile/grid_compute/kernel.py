@@ -45,6 +45,7 @@ def silu(x):
     if y.numel() == 0:
         return y
     (d0, d1, d2), (s0, s1, s2) = _leading(x)
+
     def grid(meta):
         y.copy_(x * torch.sigmoid(x))
         return (d0 * d1 * d2,)
