@@ -1,0 +1,391 @@
+"""Worded requests -> a PyTorch program (statements over named inputs), one vocabulary snippet per op.
+
+How a request is read (README, "How a request is read"):
+- "then", "followed by", "->", ";" split the request into groups applied in order; inside a group, ops
+  apply in the order written, joined by "and", "+", "with" or nothing;
+- "of", "applied to", "on" and call syntax group: "silu of x plus bias" is silu(x + bias), the op takes
+  everything after "of" up to the next "then";
+- a residual add, a bias add, a scale or a causal mask written after a norm or softmax in the same group
+  feeds it ("fused rmsnorm + residual", "softmax with a causal mask"); a residual add that feeds a norm is
+  also returned (the updated residual stream);
+- a number binds only to a parameter of the op just before it, in the order the vocabulary lists
+  ("leaky relu 0.2", "clamp to [-1, 1]"), or to the parameter the text names ("eps 1e-6"); any other number
+  is refused;
+- every word must be used: a word outside the vocabulary, or one that cannot be placed, refuses the request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kernelgen.frontends.lexicon_words import Item
+from kernelgen.frontends.vocabulary import BY_NAME, Src, Word, render
+from kernelgen.frontends.words_operands import Cursor, OperandReader, ReadError
+
+OPERAND_KINDS = ("noun", "letter", "num", "scale", "article")
+PRE_OPS = ("residual", "bias", "scale", "causal_mask")  # may be written after the norm / softmax they feed
+ROW_OPS = ("norm", "softmax")
+
+
+@dataclass
+class Decl:
+    name: str
+    role: str  # rows | rows4d | feature | per_row | scalar | target | lhs | rhs | blhs | brhs | lin_x | lin_w | int8
+    value: float | None = None
+    fill: str = "randn"
+
+
+@dataclass
+class Step:
+    label: str
+    apply: Callable[[str | None], str]
+    pre: str = ""  # one of PRE_OPS when the step may feed a following norm / softmax
+    row_op: bool = False
+
+
+@dataclass
+class Program:
+    statements: list[str]
+    outputs: list[str]
+    decls: dict[str, Decl]
+    notes: list[str]
+    name_parts: list[str]
+
+
+@dataclass
+class Reader(OperandReader):
+    statements: list[str] = field(default_factory=list)
+    decls: dict[str, Decl] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    outputs_extra: list[str] = field(default_factory=list)
+    name_parts: list[str] = field(default_factory=list)
+    causal: bool = False
+    temps: int = 0
+
+    # ---- inputs and statements -------------------------------------------------------------------
+    def declare(self, name: str, role: str, value: float | None = None, fill: str = "randn") -> str:
+        if name not in self.decls:
+            self.decls[name] = Decl(name, role, value, fill)
+        return name
+
+    def main(self) -> str:
+        return self.declare("x", "rows4d" if self.causal else "rows")
+
+    def emit(self, expr: str) -> str:
+        self.temps += 1
+        name = f"h{self.temps}"
+        self.statements.append(f"{name} = {expr}")
+        return name
+
+    def note(self, text: str) -> None:
+        if text and text not in self.notes:
+            self.notes.append(text)
+
+    def noun(self, it: Item) -> str:
+        if it.kind == "scale":
+            return self.declare("scale", "scalar", 0.125)
+        if it.kind in ("letter", "article"):
+            return self.declare(it.text, "rows")
+        name, role = it.value
+        if role == "scalar":
+            from kernelgen.frontends.lexicon_words import SCALAR_VALUES
+
+            return self.declare(name, "scalar", SCALAR_VALUES.get(name, 0.5))
+        if role == "target":
+            return self.declare(name, "target", fill="index")
+        return self.declare(name, role)
+
+    # ---- the request ----------------------------------------------------------------------------
+    def read(self, items: list[Item]) -> Program:
+        self.causal = any(it.word is not None and it.word.name == "causal_mask" for it in items)
+        groups: list[list[Item]] = [[]]
+        depth = 0
+        for it in items:
+            depth += it.text == "(" and 1 or 0
+            depth -= it.text == ")" and 1 or 0
+            if it.kind == "seq" and depth == 0:
+                groups.append([])
+            else:
+                groups[-1].append(it)
+        value: str | None = None
+        for g in groups:
+            if not g:
+                raise ReadError("an ordering word ('then', '->', ...) has nothing on one side")
+            value = self.group(g, value)
+        if value is None:
+            raise ReadError("no op found")
+        outputs = [value] + [o for o in self.outputs_extra if o != value]
+        return Program(self.statements, outputs, self.decls, self.notes, self.name_parts)
+
+    def group(self, items: list[Item], running: str | None) -> str | None:
+        cur = Cursor(items)
+        steps: list[Step] = []
+        pending: list[Item] = []
+        while not cur.done():
+            it = cur.peek()
+            if it.kind in ("filler", "join") or (it.kind == "article" and _next_is_noun(cur)):
+                cur.take()
+            elif it.kind in ("mod", "dim", "drop") or it.text == "int8":
+                pending.append(cur.take())
+            else:
+                steps.append(self.phrase(cur, pending, running is not None or bool(steps)))
+                pending = []
+        if pending:
+            raise ReadError(f"{pending[0].text!r} is not next to an op it applies to")
+        steps = self._feed_row_ops(steps)
+        value = running
+        for s in steps:
+            value = s.apply(value)
+        return value
+
+    def _feed_row_ops(self, steps: list[Step]) -> list[Step]:
+        """A residual / bias add, scale or causal mask written after a norm or softmax of the same group
+        feeds it: move it before the first row op."""
+        out: list[Step] = []
+        for s in steps:
+            first_row = next((k for k, t in enumerate(out) if t.row_op), None)
+            if s.pre and first_row is not None:
+                self.note(f"{s.label!r} written after {out[first_row].label!r} feeds it (write 'then' for the "
+                          "other order)")
+                out.insert(first_row, s)
+            else:
+                out.append(s)
+        for k, s in enumerate(out[:-1]):
+            if s.pre == "residual" and out[k + 1].row_op and out[k + 1].label in ("rms_norm", "layer_norm"):
+                original = s.apply
+
+                def keep(v, original=original):
+                    h = original(v)
+                    self.outputs_extra.append(h)
+                    return h
+
+                out[k] = Step(s.label, keep, s.pre)
+                self.note("the residual sum feeding the norm is returned too: (y, h) with h = x + residual")
+        return out
+
+    # ---- phrases --------------------------------------------------------------------------------
+    def phrase(self, cur: Cursor, pending: list[Item], has_running: bool) -> Step:
+        it = cur.peek()
+        if it.kind == "op":
+            return self.op_phrase(cur, pending)
+        if it.kind == "dequantize":
+            return self.dequantize(cur, pending)
+        if it.kind == "scale":
+            cur.take()
+            operand = self.operand(cur) if _operand_next(cur) else None
+            return self._binary_step(BY_NAME["mul"], operand or self.declare("scale", "scalar", 0.125), "scale")
+        if it.kind == "noun" and not _expression_follows(cur):
+            cur.take()
+            name, role = self.noun(it), it.value[1]
+            nxt = cur.peek()
+            if nxt is not None and nxt.kind == "op" and nxt.word.kind == "binary":
+                word = cur.take().word  # "bias add", "residual add"
+            elif name in ("residual", "bias"):
+                word = BY_NAME["add"]
+            elif role == "scalar":
+                word = BY_NAME["div" if name == "temperature" else "mul"]
+            elif name == "gate":
+                word = BY_NAME["mul"]
+            else:
+                raise ReadError(f"{it.text!r} alone: say what it does with it (add, multiply, ...)")
+            return self._binary_step(word, name, name if name in ("residual", "bias", "scale") else "")
+        if it.kind in OPERAND_KINDS or it.text in ("(", "-"):
+            if it.kind == "num" and not _expression_follows(cur):
+                raise ReadError(f"the number {it.text} is not next to a parameter of an op")
+            src = self.expression(cur, stop_at_join=True)
+
+            def start(v: str | None, src=src) -> str:
+                if v is not None:
+                    raise ReadError(f"the operand {src!r} follows another op with no operator between them")
+                return src if src.isidentifier() else self.emit(src)
+
+            return Step(src, start)
+        raise ReadError(f"cannot place {it.text!r} here")
+
+    def op_phrase(self, cur: Cursor, pending: list[Item]) -> Step:
+        item = cur.take()
+        word = item.word
+        if word.kind == "binary":
+            operand = self.operand(cur) if _operand_next(cur) else None
+            if pending:
+                raise ReadError(f"{pending[0].text!r} does not apply to {item.text!r}")
+            return self._binary_step(word, operand, operand if operand in ("residual", "bias", "scale") else "")
+        params, drops = self.params(cur, word, pending)
+        if word.name == "cast" and "dtype" not in params:
+            raise ReadError("cast to which dtype? (fp16, bf16, fp32)")
+        if word.name == "threshold" and len(params) < 2:
+            raise ReadError("threshold needs two numbers: the threshold and the value below it")
+        if word.kind in ("gated", "matmul", "loss"):
+            return self._multi_operand(cur, word, params, drops)
+        operand: str | None = None
+        if cur.at("of") and _operand_after_of(cur):
+            cur.take()
+            operand = self.expression(cur, stop_at_join=False)
+        return self._unary_step(word, params, drops, operand)
+
+    def _unary_step(self, word: Word, params: dict[str, Any], drops: set[str], operand: str | None) -> Step:
+        def apply(v: str | None) -> str:
+            if v is not None and operand is not None:
+                raise ReadError(f"{word.name} 'of' {operand!r} comes after another op: use 'then' or a formula")
+            x = operand or v or self.main()
+            if word.positive and x in self.decls and self.decls[x].role in ("rows", "rows4d"):
+                self.decls[x].fill = "positive"
+            ops: dict[str, str | None] = {word.operands[0]: x}
+            for extra in word.operands[1:]:
+                ops[extra] = None if extra in drops else self.declare(
+                    extra if extra not in self.decls or word.kind != "norm" else f"ln_{extra}", "feature")
+            if word.name == "clamp" and "min" not in params and "max" not in params:
+                params.update(min=Src(self.declare("lo", "scalar", -1.0)), max=Src(self.declare("hi", "scalar", 1.0)))
+                self.note("clamp: no bounds in the text, so they are inputs lo=-1.0, hi=1.0")
+            if word.kind == "reduction" and "dim" not in params and word.params.get("dim", -1) is None:
+                self.note(f"{word.name}: over every element (PyTorch's default); say 'over the last dim' or "
+                          "'per row' for rows")
+            self.note(_word_note(word, params))
+            self.name_parts.append(word.name)
+            return self.emit(render(word, ops, params))
+
+        return Step(word.name, apply, "causal_mask" if word.name == "causal_mask" else "",
+                    row_op=word.kind in ROW_OPS)
+
+    def _binary_step(self, word: Word, operand: str | None, pre: str) -> Step:
+        def apply(v: str | None) -> str:
+            if v is None and operand is None:
+                x, y = self.declare("a", "rows"), self.declare("b", "rows")
+            else:
+                x = v or self.main()
+                y = operand or self.declare("y", "rows")
+            self.name_parts.append({"residual": "add", "bias": "bias", "scale": "scale"}.get(pre, word.name))
+            if callable(y):
+                y = y(x)
+            if _is_number(y) and word.name in ("maximum", "minimum"):
+                return self.emit(f"torch.clamp({x}, {'min' if word.name == 'maximum' else 'max'}={y})")
+            return self.emit(render(word, {"x": x, "y": y}, {}))
+
+        return Step(pre or word.name, apply, pre)
+
+    def _multi_operand(self, cur: Cursor, word: Word, params: dict[str, Any], drops: set[str]) -> Step:
+        named: list[Item] = []
+        introduced = cur.at("of", text=("between", "from"))  # "matmul of a and b", "loss from logits and ..."
+        if introduced:
+            cur.take()
+        while introduced and cur.peek() is not None and (cur.at("noun", "letter") or (
+                cur.at("article", "filler", "join") and _noun_ahead(cur)) or _article_operand(cur)):
+            it = cur.take()
+            if it.kind in ("noun", "letter") or _article_operand(cur, back=1):
+                named.append(it)
+        roles = {"matmul": ("lhs", "rhs"), "bmm": ("blhs", "brhs"), "linear": ("lin_x", "lin_w", "feature")}
+
+        def apply(v: str | None) -> str:
+            if v is not None:
+                raise ReadError(f"{word.name} takes its own inputs; write it first or use a formula")
+            ops: dict[str, str | None] = {}
+            for k, o in enumerate(word.operands):
+                if o in drops:
+                    ops[o] = None
+                    continue
+                role = roles.get(word.name, ("rows",) * 3)[k] if word.kind == "matmul" else "rows"
+                if k < len(named):
+                    nm = named[k].value[0] if named[k].kind == "noun" else named[k].text
+                else:
+                    nm = o
+                if word.kind == "loss" and o == "target" and word.name in ("cross_entropy", "nll_loss"):
+                    self.declare(nm, "target", fill="index")
+                elif word.kind == "loss" and (o == "target" or o == "p"):
+                    self.declare(nm, "rows", fill="rand")
+                else:
+                    self.declare(nm, role)
+                ops[o] = nm
+            self.note(_word_note(word, params))
+            self.name_parts.append(word.name)
+            return self.emit(render(word, ops, params))
+
+        return Step(word.name, apply)
+
+    def dequantize(self, cur: Cursor, pending: list[Item]) -> Step:
+        cur.take()
+        kind = "tensor"
+        found = False
+        for it in pending:
+            if it.kind == "dim":
+                kind, found = {-1: "row", 0: "col"}.get(it.value, "tensor"), True
+        while cur.at("int8", "join", "filler", "scale_kind", "dim", "scale", "article"):
+            it = cur.take()
+            if it.kind == "scale_kind":
+                kind, found = it.value, True
+            elif it.kind == "dim":
+                kind, found = {-1: "row", 0: "col"}.get(it.value, "tensor"), True
+        if not found:
+            self.note("dequantize: one scale for the whole tensor (say 'per-row' or 'per-column' for others)")
+
+        def apply(v: str | None) -> str:
+            x = v or self.declare("x", "int8", fill="int8")
+            if kind == "row":
+                scale = self.declare("scale", "per_row") + "[:, None]"
+            elif kind == "col":
+                scale = self.declare("scale", "feature")
+            else:
+                scale = self.declare("scale", "scalar", 0.05)
+            self.note("dequantize: x int8 [M, N] to float32, times the scale")
+            self.name_parts.append("dequantize_int8")
+            return self.emit(f"{x}.float() * {scale}")
+
+        return Step("dequantize", apply)
+
+
+
+def _word_note(word: Word, params: dict[str, Any]) -> str:
+    """The word's convention note, unless the text set the parameter the note is about."""
+    return "" if word.note_param and word.note_param in params else word.note
+
+
+def _is_number(src: str) -> bool:
+    try:
+        float(src)
+        return True
+    except ValueError:
+        return False
+
+
+def _next_is_noun(cur: Cursor) -> bool:
+    nxt = cur.peek(1)
+    return nxt is not None and nxt.kind in ("noun", "op", "filler", "scale", "dequantize")
+
+
+def _article_operand(cur: Cursor, back: int = 0) -> bool:
+    """'a' used as an operand name ("matmul of a and b"): an 'a' not followed by a noun."""
+    it, nxt = cur.peek(-back), cur.peek(1 - back)
+    return it is not None and it.kind == "article" and (nxt is None or nxt.kind in ("join", "seq", "sym"))
+
+
+def _noun_ahead(cur: Cursor) -> bool:
+    nxt = cur.peek(1)
+    return nxt is not None and nxt.kind in ("noun", "letter")
+
+
+def _operand_next(cur: Cursor) -> bool:
+    k = 0
+    while cur.peek(k) is not None and (cur.peek(k).kind in ("filler",) or cur.peek(k).text in ("with", "to", "by")
+                                       or cur.peek(k).kind == "article"):
+        k += 1
+    it = cur.peek(k)
+    return it is not None and (it.kind in ("noun", "letter", "num", "scale") or it.text in ("(", "-") or
+                               (it.kind == "op" and it.word.kind in ("reduction",)) or
+                               (it.kind == "dim" and cur.peek(k + 1) is not None and cur.peek(k + 1).kind == "op"))
+
+
+def _operand_after_of(cur: Cursor) -> bool:
+    nxt = cur.peek(1)
+    return nxt is not None and (nxt.kind in OPERAND_KINDS or nxt.kind == "op" or nxt.text in ("(", "-"))
+
+
+def _expression_follows(cur: Cursor) -> bool:
+    """Whether the operand at the cursor starts an expression ("x plus bias", "2 * x")."""
+    nxt, after = cur.peek(1), cur.peek(2)
+    if nxt is not None and nxt.text == "+" and (after is None or after.kind in ("op", "dequantize", "seq")):
+        return False  # "bias + relu": the '+' joins the next op
+    return nxt is not None and (nxt.kind == "sym" and nxt.text in ("+", "-", "*", "/", "@", "**") or
+                                nxt.text == "+" or (nxt.kind == "op" and nxt.word.kind == "binary"
+                                                    and cur.peek(2) is not None
+                                                    and cur.peek(2).kind in OPERAND_KINDS))

@@ -1,0 +1,325 @@
+"""The small parts of a worded request: an op's parameters ("leaky relu with slope 0.2", "clamp to [-1, 1]",
+"eps 1e-6", "over dim 0"), an operand ("bias", "2.0", "the row max") and an arithmetic expression in words
+or symbols ("x plus bias", "a * sigmoid(b)")."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable
+from typing import Any
+
+from kernelgen.frontends.lexicon_words import Item
+from kernelgen.frontends.vocabulary import BY_NAME, PARAM_WORDS, Src, Word, render
+
+UNARY_KINDS = ("activation", "math", "norm", "softmax", "reduction")
+ARITH = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+PARAM_ALIASES = {"min": ("min", "min_val"), "max": ("max", "max_val"), "alpha": ("alpha",), "beta": ("beta",),
+                 "threshold": ("threshold",), "value": ("value",)}
+
+
+class ReadError(ValueError):
+    """The words cannot be read; the message is one line naming what went wrong."""
+
+
+class Cursor:
+    def __init__(self, items: list[Item]):
+        self.items, self.i = items, 0
+
+    def done(self) -> bool:
+        return self.i >= len(self.items)
+
+    def peek(self, k: int = 0) -> Item | None:
+        j = self.i + k
+        return self.items[j] if 0 <= j < len(self.items) else None
+
+    def take(self) -> Item:
+        it = self.items[self.i]
+        self.i += 1
+        return it
+
+    def at(self, *kinds: str, text: tuple[str, ...] = ()) -> bool:
+        it = self.peek()
+        return it is not None and (it.kind in kinds or it.text in text)
+
+    def until_close(self) -> list[Item]:
+        """The items up to the ')' matching an '(' just taken (the ')' is consumed)."""
+        depth, out = 1, []
+        while not self.done():
+            it = self.take()
+            depth += (it.text == "(") - (it.text == ")")
+            if depth == 0:
+                return out
+            out.append(it)
+        raise ReadError("an opening parenthesis is never closed")
+
+
+def _param_of(word: Word, it: Item) -> str | None:
+    """The parameter of `word` that the item names ("slope" -> negative_slope, "min" -> min_val)."""
+    name = it.value if it.kind == "param" else PARAM_WORDS.get(it.text)
+    if name is None:
+        return None
+    for candidate in PARAM_ALIASES.get(name, (name,)):
+        if candidate in word.params:
+            return candidate
+    return None
+
+
+def _number(it: Item | None) -> bool:
+    return it is not None and it.kind == "num"
+
+
+class OperandReader:
+    """Mixin of the words reader: needs `declare`, `noun` and `note`."""
+
+    def params(self, cur: Cursor, word: Word, pending: list[Item]) -> tuple[dict[str, Any], set[str]]:
+        params: dict[str, Any] = {}
+        drops: set[str] = set()
+
+        def bind(value: float, name: str | None = None) -> bool:
+            free = [p for p in word.numbers if p not in params]
+            name = name or (free[0] if free else None)
+            if name is None:
+                return False
+            params[name] = int(value) if name == "dim" else value
+            return True
+
+        def modifier(it: Item) -> bool:
+            if it.kind == "mod":
+                pname, value = it.value
+                if pname not in word.params:
+                    raise ReadError(f"{it.text!r} does not apply to {word.name}")
+                params[pname] = value
+            elif it.kind == "drop":
+                if not set(it.value) <= set(word.optional):
+                    raise ReadError(f"{it.text!r} does not apply to {word.name}")
+                drops.update(it.value)
+            elif it.kind == "dim":
+                if "dim" in word.params:
+                    params["dim"] = it.value
+                elif not (word.kind == "norm" and it.value == -1):
+                    raise ReadError(f"{it.text!r} does not apply to {word.name}")
+            elif it.text == "int8":
+                raise ReadError(f"'int8' does not apply to {word.name}")
+            else:
+                return False
+            return True
+
+        for it in pending:
+            modifier(it)
+        depth = 0
+        while not cur.done():
+            it, nxt = cur.peek(), cur.peek(1)
+            if it.kind == "num":
+                if not bind(it.value):
+                    break
+                cur.take()
+            elif it.kind in ("mod", "drop", "dim") or it.text == "int8":
+                if it.kind == "dim" and "dim" not in word.params and word.kind != "norm":
+                    break
+                modifier(cur.take())
+            elif (it.kind == "param" or it.text in PARAM_WORDS) and (_number(nxt) or (
+                    nxt is not None and nxt.text in ("=", "of", "is") and _number(cur.peek(2)))):
+                pname = _param_of(word, it)
+                if pname is None:
+                    if it.kind == "param":
+                        raise ReadError(f"{word.name} has no parameter {it.text!r}")
+                    break
+                cur.take()
+                if cur.peek().text in ("=", "of", "is"):
+                    cur.take()
+                bind(cur.take().value, pname)
+            elif it.kind == "lastn" and _number(nxt):
+                cur.take()
+                k = int(cur.take().value)
+                if cur.at("dims_word", "dim_index"):
+                    cur.take()
+                if k != 1 and not (word.kind == "reduction" and k == 2):
+                    raise ReadError(f"{word.name} over the last {k} dims: the words reader handles the last dim "
+                                    "only (a number here is never an eps); write a formula for more dims")
+                if "dim" in word.params:
+                    params["dim"] = -1 if k == 1 else (-2, -1)
+            elif it.kind == "dim_index" and _number(nxt):
+                if "dim" not in word.params:
+                    raise ReadError(f"{word.name} takes no dim")
+                cur.take()
+                params["dim"] = int(cur.take().value)
+            elif it.text == "[" or (it.kind == "between" and _number(nxt)):
+                cur.take()
+                while not cur.done() and cur.peek().text not in ("]",) and (cur.at("num", "join") or
+                                                                           cur.peek().text in (",", "and", "to")):
+                    x = cur.take()
+                    if x.kind == "num" and not bind(x.value):
+                        raise ReadError(f"{word.name} has no parameter for the number {x.text}")
+                    if it.kind == "between" and x.kind == "num" and sum(p in params for p in word.numbers) >= 2:
+                        break
+                if it.text == "[":
+                    if not cur.at(text=("]",)):
+                        raise ReadError("a '[' is never closed")
+                    cur.take()
+            elif it.text == "to" and nxt is not None and (nxt.text == "[" or nxt.kind in ("num", "dtype")):
+                cur.take()
+            elif it.kind == "dtype" and "dtype" in word.params:
+                params["dtype"] = Src(cur.take().value)
+            elif it.text == "tanh" and "approximate" in word.params:
+                cur.take()
+                params["approximate"] = "tanh"
+            elif it.text == "(" and self._only_modifiers(cur, word):
+                cur.take()
+                depth += 1
+            elif it.text == ")" and depth:
+                cur.take()
+                depth -= 1
+            elif it.kind == "join" and nxt is not None and self._applies(word, nxt, cur.peek(2)):
+                cur.take()
+            elif it.kind == "join" and word.kind == "norm" and nxt is not None and nxt.kind == "noun" \
+                    and nxt.value[0] in word.operands and nxt.value[0] not in drops:
+                cur.take(), cur.take()  # "layer norm with weight and bias": its own operands, already there
+            else:
+                break
+        if depth:
+            raise ReadError("a '(' after an op is never closed")
+        return params, drops
+
+    @staticmethod
+    def _applies(word: Word, it: Item, after: Item | None) -> bool:
+        if it.kind in ("mod", "drop", "dim_index", "lastn", "between") or it.text == "[":
+            return True
+        if it.kind == "dim":
+            return "dim" in word.params or word.kind == "norm"
+        if it.text == "tanh":
+            return "approximate" in word.params
+        return (it.kind == "param" or it.text in PARAM_WORDS) and _number(after) and _param_of(word, it) is not None
+
+    @staticmethod
+    def _only_modifiers(cur: Cursor, word: Word) -> bool:
+        k = 1
+        while cur.peek(k) is not None and cur.peek(k).text != ")":
+            it = cur.peek(k)
+            if not (it.kind in ("mod", "drop", "dim", "num", "param", "join", "filler", "lastn", "dims_word")
+                    or it.text == "tanh" or it.text in PARAM_WORDS):
+                return False
+            k += 1
+        return cur.peek(k) is not None
+
+    def operand(self, cur: Cursor) -> str | Callable[[str], str] | None:
+        """What a binary op takes: a name, a number, a parenthesized expression, or a reduction of the value
+        it applies to ("subtract the row max": keepdim, so it broadcasts back)."""
+        while cur.at("filler", "article") or cur.at(text=("with", "to", "by")):
+            cur.take()
+        pending: list[Item] = []
+        while cur.at("dim"):
+            pending.append(cur.take())
+        it = cur.peek()
+        if it is None:
+            return None
+        if it.kind == "op" and it.word.kind == "reduction":
+            cur.take()
+            word = it.word
+            params, _ = self.params(cur, word, pending)
+            params["keepdim"] = True
+            if "dim" not in params:
+                self.note(f"{word.name}: over every element (PyTorch's default); say 'row' or 'over the last "
+                          "dim' for rows")
+            self.note("" if word.note_param in params and word.note_param else word.note)
+            return lambda v: render(word, {"x": v}, params)
+        if pending:
+            raise ReadError(f"{pending[0].text!r} does not apply to {it.text!r}")
+        if it.kind == "num":
+            cur.take()
+            return repr(it.value)
+        if it.text == "-" and _number(cur.peek(1)):
+            cur.take()
+            return repr(-cur.take().value)
+        if it.text == "(":
+            cur.take()
+            return "(" + self.expression(Cursor(cur.until_close()), stop_at_join=False) + ")"
+        if it.kind in ("noun", "letter", "scale", "article"):
+            return self.noun(cur.take())
+        return None
+
+    def expression(self, cur: Cursor, stop_at_join: bool) -> str:
+        parts: list[str] = []
+        expect_operand, depth = True, 0
+        while not cur.done():
+            it, nxt = cur.peek(), cur.peek(1)
+            if expect_operand:
+                if it.kind == "filler" or (it.kind == "article" and nxt is not None and nxt.kind == "noun"):
+                    cur.take()
+                elif it.kind in ("noun", "letter", "scale", "article"):
+                    parts.append(self.noun(cur.take()))
+                    expect_operand = False
+                elif it.kind == "num":
+                    parts.append(repr(cur.take().value))
+                    expect_operand = False
+                elif it.text in ("(", "-"):
+                    parts.append(cur.take().text)
+                    depth += it.text == "("
+                elif it.kind == "op" and it.word.kind in UNARY_KINDS + ("gated",):
+                    parts.append(self._call(cur))
+                    expect_operand = False
+                else:
+                    raise ReadError(f"expected an operand, found {it.text!r}")
+                continue
+            if it.text == ")" and depth:
+                parts.append(cur.take().text)
+                depth -= 1
+            elif it.text in ("+", "-", "*", "/", "@", "**"):
+                if stop_at_join and it.kind == "join" and (nxt is None or nxt.kind in ("op", "dequantize")):
+                    break  # "x + bias + gelu": the second '+' joins the next op
+                parts.append(cur.take().text)
+                expect_operand = True
+            elif it.kind == "op" and it.word.name in ARITH and it.word.kind == "binary":
+                cur.take()
+                parts.append(ARITH[it.word.name])
+                expect_operand = True
+            elif it.kind == "op" and it.word.name == "square":
+                cur.take()
+                parts[-1] = f"torch.square({parts[-1]})"
+            elif it.kind == "param" and it.value == "exponent" and _number(nxt):
+                cur.take()
+                parts += ["**", repr(cur.take().value)]
+            else:
+                break
+        if expect_operand or depth:
+            raise ReadError("an expression is incomplete: " + (" ".join(parts) or "nothing"))
+        src = " ".join(parts)
+        try:
+            ast.parse(src, mode="eval")
+        except SyntaxError:
+            raise ReadError(f"cannot read the expression {src!r}") from None
+        return src
+
+    def _call(self, cur: Cursor) -> str:
+        """An op inside an expression: `sigmoid(b)`, `silu of x plus bias`, `swiglu(a, b)`."""
+        item = cur.take()
+        word = item.word
+        params, drops = self.params(cur, word, [])
+        if cur.at(text=("(",)):
+            cur.take()
+            inner = cur.until_close()
+            args, current = [], []
+            for x in inner + [Item("sym", ",")]:
+                if x.text == "," and x.kind in ("sym", "join"):
+                    args.append(self.expression(Cursor(current), stop_at_join=False))
+                    current = []
+                else:
+                    current.append(x)
+        elif cur.at("of"):
+            cur.take()
+            args = [self.expression(cur, stop_at_join=False)]
+        else:
+            raise ReadError(f"{item.text!r} inside an expression needs 'of' or parentheses: {item.text}(...)")
+        if len(args) > len(word.operands):
+            raise ReadError(f"{word.name} takes {len(word.operands)} operand(s), got {len(args)}")
+        ops: dict[str, str | None] = dict(zip(word.operands, args))
+        for extra in word.operands[len(args):]:
+            ops[extra] = None if (extra in drops or extra in word.optional and word.kind != "norm") else \
+                self.declare(extra, "feature")
+        if word.kind == "gated" and len(args) < 2:
+            raise ReadError(f"{word.name} needs two operands: {word.name}(a, b)")
+        self.note("" if word.note_param in params and word.note_param else word.note)
+        self.name_parts.append(word.name)
+        return render(word, ops, params)
+
+
+MUL = BY_NAME["mul"]

@@ -1,0 +1,299 @@
+"""The request set: requests in varied phrasing, each with the PyTorch it must mean written by hand here
+(a lambda over the named inputs), compared with `to_reference(...)`'s function on random inputs. The
+test prints the score; at least 90% must compose correctly and none may compose to something else (a
+wrong reference is a failure, never counted as a refusal). Requests that must be refused are listed too.
+References only (no kernels), so it stays fast."""
+
+import inspect
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernelgen.frontends.composer import ComposeError
+from kernelgen.frontends.sample import sample_inputs
+from kernelgen.frontends.text import to_reference
+
+SEEDS = (0, 1)
+
+
+def rms(x, w=None, eps=None):
+    return F.rms_norm(x, (x.shape[-1],), w, eps)
+
+
+def ln(x, w=None, b=None, eps=1e-5):
+    return F.layer_norm(x, (x.shape[-1],), w, b, eps)
+
+
+def causal_softmax(x):
+    """Key j masked for query i when j > i + (N - M), built with explicit loops."""
+    m, n = x.shape[-2:]
+    mask = torch.zeros(m, n, dtype=torch.bool)
+    for i in range(m):
+        for j in range(n):
+            mask[i, j] = j > i + (n - m)
+    return torch.softmax(x.masked_fill(mask, float("-inf")), -1)
+
+
+CASES = [
+    # shared/requests.md 1-14
+    ("fused rmsnorm + residual", lambda x, residual, weight: (rms(x + residual, weight), x + residual)),
+    ("silu and mul", lambda a, b: F.silu(a) * b),
+    ("gelu and mul (tanh approximation)", lambda a, b: F.gelu(a, approximate="tanh") * b),
+    ("residual add then layernorm", lambda x, residual, weight, bias: ln(x + residual, weight, bias)),
+    ("scaled softmax", lambda x, scale: torch.softmax(x * scale, -1)),
+    ("bias add + gelu", lambda x, bias: F.gelu(x + bias)),
+    ("log softmax", lambda x: torch.log_softmax(x, -1)),
+    ("add + relu", lambda a, b: F.relu(a + b)),
+    ("causal masked softmax", causal_softmax),
+    ("matmul + bias + relu", lambda a, b, bias: F.relu(a @ b + bias)),
+    ("clamp then square", lambda x, lo, hi: torch.clamp(x, lo, hi) ** 2),
+    ("mean over the last dim", lambda x: x.mean(-1)),
+    ("rms norm then silu", lambda x, weight: F.silu(rms(x, weight))),
+    ("dequantize int8 with per-row scale", lambda x, scale: x.float() * scale[:, None]),
+    # the misreadings of the issue
+    ("silu of x plus bias", lambda x, bias: F.silu(x + bias)),
+    ("sigmoid gating a*sigmoid(b)", lambda a, b: a * torch.sigmoid(b)),
+    ("subtract the row max", lambda x: x - x.amax(-1, keepdim=True)),
+    ("fused multiply add a*b+c", lambda a, b, c: a * b + c),
+    ("row variance", lambda x: x.var(-1)),
+    ("matmul then scale by alpha and add residual", lambda a, b, alpha, residual: (a @ b) * alpha + residual),
+    ("rms norm followed by multiplication with a gate tensor", lambda x, weight, gate: rms(x, weight) * gate),
+    ("cross entropy loss from logits and integer targets", lambda logits, target: F.cross_entropy(logits, target)),
+    ("swish x * sigmoid(x)", lambda x: x * torch.sigmoid(x)),
+    # formulas
+    ("y = silu(x + bias)", lambda x, bias: F.silu(x + bias)),
+    ("out = a * torch.sigmoid(b)", lambda a, b: a * torch.sigmoid(b)),
+    ("h = x + r; y = 0.5 * h + h", lambda x, r: 1.5 * (x + r)),
+    ("y = 0.5 * y + y", lambda y: 1.5 * y),
+    ("gelu(x + bias)", lambda x, bias: F.gelu(x + bias)),
+    ("relu(a + b)", lambda a, b: F.relu(a + b)),
+    ("silu(a) * b", lambda a, b: F.silu(a) * b),
+    ("y = F.gelu(x, approximate='tanh')", lambda x: F.gelu(x, approximate="tanh")),
+    ("y = torch.softmax(x * scale, dim=-1)", lambda x, scale: torch.softmax(x * scale, -1)),
+    ("softmax(x * scale, -1)", lambda x, scale: torch.softmax(x * scale, -1)),
+    ("y = x.float() * scale[:, None]", lambda x, scale: x * scale[:, None]),
+    ("y = rms_norm(x, w)", lambda x, w: rms(x, w)),
+    ("y = layer_norm(x + r, w, b)", lambda x, r, w, b: ln(x + r, w, b)),
+    ("y = torch.clamp(x, -1.0, 1.0) ** 2", lambda x: x.clamp(-1, 1) ** 2),
+    ("y = x - x.amax(-1, keepdim=True)", lambda x: x - x.max(-1, keepdim=True).values),
+    ("y = torch.where(x > 0, x, 0.1 * x)", lambda x: F.leaky_relu(x, 0.1)),
+    ("y = swiglu(a, b)", lambda a, b: F.silu(a) * b),
+    ("y = F.linear(x, w, bias)", lambda x, w, bias: x @ w.T + bias),
+    ("y = torch.relu(a @ b + bias)", lambda a, b, bias: F.relu(a @ b + bias)),
+    ("y = F.cross_entropy(logits, target)", lambda logits, target: F.cross_entropy(logits, target)),
+    ("y = torch.log(x) + 1", lambda x: torch.log(x) + 1),
+    ("mish(x) * 2", lambda x: x * torch.tanh(F.softplus(x)) * 2),
+    ("y = x * 2; z = y - 1; (y, z)", lambda x: (x * 2, x * 2 - 1)),
+    # activations in words
+    ("relu", lambda x: x.clamp_min(0)),
+    ("apply relu6", lambda x: x.clamp(0, 6)),
+    ("leaky relu with slope 0.2", lambda x: torch.where(x > 0, x, 0.2 * x)),
+    ("leaky_relu 0.1", lambda x: torch.where(x > 0, x, 0.1 * x)),
+    ("leaky relu", lambda x: torch.where(x > 0, x, 0.01 * x)),
+    ("elu alpha 0.5", lambda x: torch.where(x > 0, x, 0.5 * (torch.exp(x) - 1))),
+    ("selu activation", lambda x: F.selu(x)),
+    ("celu with alpha 2", lambda x: torch.clamp_min(x, 0) + torch.clamp_max(2 * (torch.exp(x / 2) - 1), 0)),
+    ("gelu", lambda x: 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))),
+    ("tanh-approximate gelu", lambda x: F.gelu(x, approximate="tanh")),
+    ("gelu with tanh approximation", lambda x: F.gelu(x, approximate="tanh")),
+    ("quick gelu", lambda x: x * torch.sigmoid(1.702 * x)),
+    ("swish", lambda x: x * torch.sigmoid(x)),
+    ("mish", lambda x: x * torch.tanh(F.softplus(x))),
+    ("softplus with beta 2", lambda x: torch.log1p(torch.exp(2 * x)) / 2),
+    ("softsign", lambda x: x / (1 + x.abs())),
+    ("hard tanh between -2 and 2", lambda x: x.clamp(-2, 2)),
+    ("hardsigmoid", lambda x: (x / 6 + 0.5).clamp(0, 1)),
+    ("hard swish", lambda x: x * (x + 3).clamp(0, 6) / 6),
+    ("sigmoid", lambda x: 1 / (1 + torch.exp(-x))),
+    ("tanh", lambda x: torch.tanh(x)),
+    ("log sigmoid", lambda x: -F.softplus(-x)),
+    ("tanhshrink", lambda x: x - torch.tanh(x)),
+    ("softshrink 0.3", lambda x: torch.where(x > 0.3, x - 0.3, torch.where(x < -0.3, x + 0.3, 0 * x))),
+    ("hardshrink with lambda 0.25", lambda x: torch.where(x.abs() > 0.25, x, 0 * x)),
+    ("threshold 0.1 value 20", lambda x: torch.where(x > 0.1, x, torch.full_like(x, 20.0))),
+    # pointwise math and constants
+    ("square root of x", lambda x: x.sqrt()),
+    ("reciprocal square root", lambda x: 1 / x.sqrt()),
+    ("exp then log", lambda x: x),
+    ("absolute value", lambda x: x.abs()),
+    ("negate", lambda x: -x),
+    ("x squared", lambda x: x * x),
+    ("clamp to [-1, 1]", lambda x: x.clamp(-1, 1)),
+    ("clip between 0 and 6", lambda x: x.clamp(0, 6)),
+    ("subtract 2.0", lambda x: x - 2),
+    ("divide by 10", lambda x: x / 10),
+    ("min with 2.0", lambda x: torch.minimum(x, torch.tensor(2.0, dtype=x.dtype))),
+    ("max with 0", lambda x: x.clamp_min(0)),
+    ("multiply by 3 then add 1", lambda x: 3 * x + 1),
+    ("pow 3", lambda x: x ** 3),
+    ("raise to the power of 3", lambda x: x * x * x),
+    ("scale by 0.5 then tanh", lambda x: torch.tanh(0.5 * x)),
+    ("hardswish then multiply by 2", lambda x: F.hardswish(x) * 2),
+    ("cast to fp16", lambda x: x.half()),
+    # grouping
+    ("add bias then gelu (tanh approximation)", lambda x, bias: F.gelu(x + bias, approximate="tanh")),
+    ("bias add followed by silu", lambda x, bias: F.silu(x + bias)),
+    ("x plus bias then silu", lambda x, bias: F.silu(x + bias)),
+    ("silu applied to x + bias", lambda x, bias: F.silu(x + bias)),
+    ("sigmoid of a times b", lambda a, b: torch.sigmoid(a * b)),
+    ("relu of (x - 1)", lambda x: F.relu(x - 1)),
+    ("softmax of x divided by temperature", lambda x, temperature: torch.softmax(x / temperature, -1)),
+    ("silu then multiply", lambda x, y: F.silu(x) * y),
+    ("subtract the mean of each row", lambda x: x - x.mean(-1, keepdim=True)),
+    ("softmax with a causal mask", causal_softmax),
+    ("gemm then add bias then relu", lambda a, b, bias: F.relu(a @ b + bias)),
+    ("matmul of a and b", lambda a, b: a @ b),
+    # reductions
+    ("sum over the last dim", lambda x: x.sum(-1)),
+    ("row sum", lambda x: x.sum(-1)),
+    ("average of each row", lambda x: x.sum(-1) / x.shape[-1]),
+    ("max over the last dim", lambda x: x.max(-1).values),
+    ("row min", lambda x: x.min(-1).values),
+    ("population variance over the last dim", lambda x: ((x - x.mean(-1, keepdim=True)) ** 2).mean(-1)),
+    ("standard deviation of each row", lambda x: x.std(-1, unbiased=True)),
+    ("biased std per row", lambda x: x.var(-1, unbiased=False).sqrt()),
+    ("mean", lambda x: x.sum() / x.numel()),
+    ("sum over dim 0", lambda x: x.sum(0)),
+    ("column sum", lambda x: x.sum(0)),
+    ("logsumexp", lambda x: x.exp().sum(-1).log()),
+    ("softmax over dim 0", lambda x: torch.softmax(x, 0)),
+    ("softmin", lambda x: torch.softmax(-x, -1)),
+    # norms
+    ("rmsnorm with eps 1e-6", lambda x, weight: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * weight),
+    ("layer norm with eps 1e-6", lambda x, weight, bias: ln(x, weight, bias, 1e-6)),
+    ("layer norm without weight and bias", lambda x: (x - x.mean(-1, keepdim=True)) /
+     torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + 1e-5)),
+    ("rms norm without weight", lambda x: rms(x)),
+    ("l2 normalize each row", lambda x: x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)),
+    ("rms norm + residual", lambda x, residual, weight: (rms(x + residual, weight), x + residual)),
+    ("add skip connection and rmsnorm", lambda x, residual, weight: (rms(x + residual, weight), x + residual)),
+    ("layer norm + residual", lambda x, residual, weight, bias: (ln(x + residual, weight, bias), x + residual)),
+    # losses
+    ("mse loss", lambda x, target: ((x - target) ** 2).mean()),
+    ("l1 loss with sum reduction", lambda x, target: (x - target).abs().sum()),
+    ("smooth l1 loss", lambda x, target: F.smooth_l1_loss(x, target)),
+    ("huber loss with delta 2", lambda x, target: F.huber_loss(x, target, delta=2.0)),
+    ("kl divergence", lambda logp, target: (target * (target.log() - logp)).mean()),
+    ("binary cross entropy", lambda p, target: -(target * p.log() + (1 - target) * (1 - p).log()).mean()),
+    ("bce with logits", lambda logits, target: F.binary_cross_entropy(torch.sigmoid(logits), target)),
+    # gated, matmul family
+    ("swiglu", lambda a, b: F.silu(a) * b),
+    ("geglu", lambda a, b: F.gelu(a) * b),
+    ("reglu", lambda a, b: F.relu(a) * b),
+    ("linear layer", lambda x, weight, bias: x @ weight.T + bias),
+    ("linear without bias", lambda x, weight: x @ weight.T),
+    ("batched matmul", lambda a, b: torch.einsum("bmk,bkn->bmn", a, b)),
+]
+
+REFUSED = [
+    "layer norm over the last 3 dims",  # the 3 is a count of dims, never an eps
+    "relu with eps 1e-5",  # relu has no eps
+    "gelu 0.5",  # a number next to an op with no such parameter
+    "softmax 3",
+    "frobnicate the tensor",
+    "naïve softmax",  # non-ASCII letters stay in their (unknown) word
+    "load models/llama.py and apply relu",  # a path is not a division
+    "relu a + b",  # words before a formula that do not name it
+    "sigmoid gating a*tanh(b)",
+    "threshold",  # needs its two numbers
+    "cast",
+    "relu then dropout",
+    "rotary embedding",
+    "y = __import__('os').system('ls')",
+    "y = open('f').read()",
+    "y = x.cuda()",
+    "y = lambda: 0",
+    "",
+]
+
+
+def _compare(got, want) -> str:
+    got = got if isinstance(got, tuple) else (got,)
+    want = want if isinstance(want, tuple) else (want,)
+    if len(got) != len(want):
+        return f"{len(got)} outputs, expected {len(want)}"
+    for k, (g, w) in enumerate(zip(got, want)):
+        w = torch.as_tensor(w)
+        if g.shape != w.shape:
+            return f"output {k}: shape {tuple(g.shape)}, expected {tuple(w.shape)}"
+        if not torch.allclose(g.double(), w.double(), rtol=1e-6, atol=1e-7, equal_nan=True):
+            return f"output {k}: max difference {(g.double() - w.double()).abs().nan_to_num().max().item():.3g}"
+    return ""
+
+
+def outcome(request: str, expected) -> tuple[str, str]:
+    """('correct' | 'refused' | 'wrong', why)."""
+    try:
+        ref = to_reference(request)
+    except ComposeError as exc:
+        return "refused", str(exc)
+    names = [i.name for i in ref.inputs]
+    wanted = list(inspect.signature(expected).parameters)
+    if sorted(names) != sorted(wanted):
+        return "wrong", f"inputs {names}, expected {wanted}"
+    fn = ref.function()
+    for seed in SEEDS:
+        for dims in ref.test_shapes:
+            args = sample_inputs(ref, dims, seed, torch.float64)
+            why = _compare(fn(*args), expected(**dict(zip(names, args))))
+            if why:
+                return "wrong", f"seed {seed}, dims {dims}: {why}\n{ref.show()}"
+    return "correct", ""
+
+
+def test_request_set_score():
+    assert len(CASES) >= 80 and len({r for r, _ in CASES}) == len(CASES)
+    results = {r: outcome(r, e) for r, e in CASES}
+    correct = [r for r, (o, _) in results.items() if o == "correct"]
+    wrong = {r: why for r, (o, why) in results.items() if o == "wrong"}
+    refused = {r: why for r, (o, why) in results.items() if o == "refused"}
+    print(f"\nrequest set: {len(correct)}/{len(CASES)} composed and correct "
+          f"({100 * len(correct) / len(CASES):.1f}%), {len(refused)} refused, {len(wrong)} wrong")
+    for r, why in refused.items():
+        print(f"  refused {r!r}: {why}")
+    for r, why in wrong.items():
+        print(f"  WRONG {r!r}: {why}")
+    assert not wrong, f"composed to something else: {list(wrong)}"
+    assert len(correct) >= 0.9 * len(CASES)
+
+
+@pytest.mark.parametrize("request_text", REFUSED)
+def test_request_is_refused_with_one_line(request_text):
+    with pytest.raises(ComposeError) as info:
+        to_reference(request_text)
+    assert "\n" not in str(info.value) and str(info.value)
+
+
+def test_a_lexicon_that_reads_mean_as_sum_fails_the_set(monkeypatch):
+    """Hostile check of the harness itself: the hand-written expectations tell mean from sum on the chosen
+    inputs, so a vocabulary that maps "mean" to torch.sum is caught as wrong, not passed."""
+    from kernelgen.frontends import lexicon_words
+    from kernelgen.frontends.vocabulary import BY_NAME
+
+    mean_cases = [(r, e) for r, e in CASES if r in ("mean over the last dim", "average of each row", "mean")]
+    assert len(mean_cases) == 3
+    assert all(outcome(r, e)[0] == "correct" for r, e in mean_cases)
+    for key, (kind, value) in list(lexicon_words.TABLE.items()):
+        if kind == "op" and value is BY_NAME["mean"]:
+            monkeypatch.setitem(lexicon_words.TABLE, key, ("op", BY_NAME["sum"]))
+    for r, e in mean_cases:
+        assert outcome(r, e)[0] == "wrong", r
+
+
+def test_refusal_names_the_unknown_words_and_the_closest_known_ones():
+    with pytest.raises(ComposeError) as info:
+        to_reference("sofmax then rleu then frobnicate")
+    msg = str(info.value)
+    assert "'sofmax'" in msg and "'rleu'" in msg and "'frobnicate'" in msg
+    assert "did you mean" in msg and "softmax" in msg and "relu" in msg
+
+
+def test_conventions_are_printed_as_notes():
+    var = to_reference("row variance")
+    assert any("correction=1" in n for n in var.notes)
+    assert "correction=0" in to_reference("population variance of each row").source
+    assert any("inputs: x [M, N], bias [N]" == n for n in to_reference("silu of x plus bias").notes)
+    rms_ref = to_reference("fused rmsnorm + residual")
+    assert rms_ref.outputs == ["y", "h"] and any("returned too" in n for n in rms_ref.notes)
