@@ -50,7 +50,7 @@ FILLER = [
     "the", "an", "fused", "fuse", "fusion", "kernel", "op", "operation", "compute", "computes", "computing",
     "apply", "applies", "applying", "please", "function", "activation", "elementwise", "element wise",
     "pointwise", "tensor", "tensors", "input", "inputs", "output", "result", "that", "which", "its", "it",
-    "gating", "gated", "loss", "from", "integer", "class", "by", "is", "do", "take", "takes",
+    "gating", "gated", "loss", "from", "integer", "class", "is", "do", "take", "takes",
     "masked", "layer", "connection", "calculate", "calculates", "get", "give", "me", "learned", "learnable",
     "elementwise op", "in place", "followed", "one", "both", "using", "op that", "result of",
 ]
@@ -122,6 +122,7 @@ def _table() -> dict[tuple[str, ...], tuple[str, Any]]:
     for p in ("dim", "axis", "dimension", "over dim", "along dim", "over axis", "along axis"):
         put(p, "dim_index", None)
     put("between", "between", None)
+    put("by", "by", None)  # only a binary op or "scale" may take it: a stray "by" is refused, never skipped
     put("cubed", "op_cubed", None)
     put("per row scale", "scale_kind", "row")
     put("per column scale", "scale_kind", "col")

@@ -22,7 +22,7 @@ from typing import Any
 
 from kernelgen.frontends.lexicon_words import Item
 from kernelgen.frontends.vocabulary import BY_NAME, Src, Word, render
-from kernelgen.frontends.words_operands import Cursor, OperandReader, ReadError
+from kernelgen.frontends.words_operands import Cursor, OperandReader, ReadError, article_is_operand
 
 OPERAND_KINDS = ("noun", "letter", "num", "scale", "article")
 PRE_OPS = ("residual", "bias", "scale", "causal_mask")  # may be written after the norm / softmax they feed
@@ -211,6 +211,19 @@ class Reader(OperandReader):
             operand = self.operand(cur) if _operand_next(cur) else None
             if pending:
                 raise ReadError(f"{pending[0].text!r} does not apply to {item.text!r}")
+            if isinstance(operand, str) and _second_operand_next(cur):
+                # "divide x by the row sum", "multiply x by sigmoid of x", "add a and b", "subtract 1 from x"
+                link = cur.take().text
+                while cur.at("filler") or (cur.at("article") and not _article_operand(cur)):
+                    cur.take()
+                nxt = cur.peek()
+                second = self.operand(cur) if nxt.kind in ("dim",) or (
+                    nxt.kind == "op" and nxt.word.kind == "reduction" and not _of_after(cur)) else \
+                    self.expression(cur, stop_at_join=True)
+                first, second = (second, operand) if link in ("to", "from") else (operand, second)
+                if callable(first):
+                    raise ReadError(f"cannot read {item.text!r} with a reduction as its first operand")
+                return self._binary_step(word, second, "", first=first)
             return self._binary_step(word, operand, operand if operand in ("residual", "bias", "scale") else "")
         params, drops = self.params(cur, word, pending)
         if word.name == "cast" and "dtype" not in params:
@@ -249,9 +262,13 @@ class Reader(OperandReader):
         return Step(word.name, apply, "causal_mask" if word.name == "causal_mask" else "",
                     row_op=word.kind in ROW_OPS)
 
-    def _binary_step(self, word: Word, operand: str | None, pre: str) -> Step:
+    def _binary_step(self, word: Word, operand, pre: str, first: str | None = None) -> Step:
         def apply(v: str | None) -> str:
-            if v is None and operand is None:
+            if first is not None:
+                if v is not None:
+                    raise ReadError(f"{word.name} of {first!r} comes after another op: use 'then' or a formula")
+                x, y = first, operand
+            elif v is None and operand is None:
                 x, y = self.declare("a", "rows"), self.declare("b", "rows")
             else:
                 x = v or self.main()
@@ -349,14 +366,35 @@ def _is_number(src: str) -> bool:
 
 
 def _next_is_noun(cur: Cursor) -> bool:
+    """Whether an 'a' at the cursor is an article ("a gate tensor", "a causal mask"), not the operand a."""
     nxt = cur.peek(1)
-    return nxt is not None and nxt.kind in ("noun", "op", "filler", "scale", "dequantize")
+    return nxt is not None and (nxt.kind in ("noun", "filler", "scale", "dequantize") or (
+        nxt.kind == "op" and nxt.word.kind != "binary"))
+
+
+def _second_operand_next(cur: Cursor) -> bool:
+    it = cur.peek()
+    if it is None or it.text not in ("by", "with", "and", "to", "from"):
+        return False
+    k = 1
+    while cur.peek(k) is not None and (cur.peek(k).kind == "filler" or (
+            cur.peek(k).kind == "article" and cur.peek(k + 1) is not None and cur.peek(k + 1).kind != "join")):
+        k += 1
+    nxt = cur.peek(k)
+    if nxt is None:
+        return False
+    if nxt.kind in ("noun", "letter", "num", "scale", "article") or nxt.text in ("(", "-"):
+        return True
+    return it.text != "and" and (nxt.kind == "dim" or (nxt.kind == "op" and nxt.word.kind != "binary"))
+
+
+def _of_after(cur: Cursor) -> bool:
+    nxt = cur.peek(1)
+    return nxt is not None and nxt.kind == "of"
 
 
 def _article_operand(cur: Cursor, back: int = 0) -> bool:
-    """'a' used as an operand name ("matmul of a and b"): an 'a' not followed by a noun."""
-    it, nxt = cur.peek(-back), cur.peek(1 - back)
-    return it is not None and it.kind == "article" and (nxt is None or nxt.kind in ("join", "seq", "sym"))
+    return article_is_operand(cur, -back)
 
 
 def _noun_ahead(cur: Cursor) -> bool:
@@ -366,11 +404,11 @@ def _noun_ahead(cur: Cursor) -> bool:
 
 def _operand_next(cur: Cursor) -> bool:
     k = 0
-    while cur.peek(k) is not None and (cur.peek(k).kind in ("filler",) or cur.peek(k).text in ("with", "to", "by")
-                                       or cur.peek(k).kind == "article"):
+    while cur.peek(k) is not None and (cur.peek(k).kind in ("filler", "by") or cur.peek(k).text in ("with", "to")
+                                       or (cur.peek(k).kind == "article" and not article_is_operand(cur, k))):
         k += 1
     it = cur.peek(k)
-    return it is not None and (it.kind in ("noun", "letter", "num", "scale") or it.text in ("(", "-") or
+    return it is not None and (it.kind in ("noun", "letter", "num", "scale", "article") or it.text in ("(", "-") or
                                (it.kind == "op" and it.word.kind in ("reduction",)) or
                                (it.kind == "dim" and cur.peek(k + 1) is not None and cur.peek(k + 1).kind == "op"))
 

@@ -53,6 +53,12 @@ class Cursor:
         raise ReadError("an opening parenthesis is never closed")
 
 
+def article_is_operand(cur: Cursor, k: int = 0) -> bool:
+    """'a' used as an operand name ("add a and b", "matmul of a and b"): an 'a' not followed by a noun."""
+    it, nxt = cur.peek(k), cur.peek(k + 1)
+    return it is not None and it.kind == "article" and (nxt is None or nxt.kind in ("join", "seq", "sym", "by", "of") or nxt.text == "from")
+
+
 def _param_of(word: Word, it: Item) -> str | None:
     """The parameter of `word` that the item names ("slope" -> negative_slope, "min" -> min_val)."""
     name = it.value if it.kind == "param" else PARAM_WORDS.get(it.text)
@@ -204,7 +210,8 @@ class OperandReader:
     def operand(self, cur: Cursor) -> str | Callable[[str], str] | None:
         """What a binary op takes: a name, a number, a parenthesized expression, or a reduction of the value
         it applies to ("subtract the row max": keepdim, so it broadcasts back)."""
-        while cur.at("filler", "article") or cur.at(text=("with", "to", "by")):
+        while cur.at("filler", "by") or cur.at(text=("with", "to")) or (cur.at("article") and
+                                                                         not article_is_operand(cur)):
             cur.take()
         pending: list[Item] = []
         while cur.at("dim"):
@@ -243,7 +250,8 @@ class OperandReader:
         while not cur.done():
             it, nxt = cur.peek(), cur.peek(1)
             if expect_operand:
-                if it.kind == "filler" or (it.kind == "article" and nxt is not None and nxt.kind == "noun"):
+                if it.kind == "filler" or (it.kind == "article" and nxt is not None and nxt.kind == "noun") or (
+                        it.kind == "by" and parts and parts[-1] == "/"):
                     cur.take()
                 elif it.kind in ("noun", "letter", "scale", "article"):
                     parts.append(self.noun(cur.take()))
