@@ -20,11 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kernelgen.frontends import lookahead as ahead
 from kernelgen.frontends.lexicon_words import Item
 from kernelgen.frontends.vocabulary import BY_NAME, Src, Word, render
-from kernelgen.frontends.words_operands import Cursor, OperandReader, ReadError, article_is_operand
+from kernelgen.frontends.words_operands import Cursor, OperandReader, ReadError
 
-OPERAND_KINDS = ("noun", "letter", "num", "scale", "article")
 PRE_OPS = ("residual", "bias", "scale", "causal_mask")  # may be written after the norm / softmax they feed
 ROW_OPS = ("norm", "softmax")
 
@@ -125,7 +125,7 @@ class Reader(OperandReader):
         pending: list[Item] = []
         while not cur.done():
             it = cur.peek()
-            if it.kind in ("filler", "join") or (it.kind == "article" and _next_is_noun(cur)):
+            if it.kind in ("filler", "join") or (it.kind == "article" and ahead.next_is_noun(cur)):
                 cur.take()
             elif it.kind in ("mod", "dim", "drop") or it.text == "int8":
                 pending.append(cur.take())
@@ -174,9 +174,9 @@ class Reader(OperandReader):
             return self.dequantize(cur, pending)
         if it.kind == "scale":
             cur.take()
-            operand = self.operand(cur) if _operand_next(cur) else None
+            operand = self.operand(cur) if ahead.operand_next(cur) else None
             return self._binary_step(BY_NAME["mul"], operand or self.declare("scale", "scalar", 0.125), "scale")
-        if it.kind == "noun" and not _expression_follows(cur):
+        if it.kind == "noun" and not ahead.expression_follows(cur):
             cur.take()
             name, role = self.noun(it), it.value[1]
             nxt = cur.peek()
@@ -191,8 +191,8 @@ class Reader(OperandReader):
             else:
                 raise ReadError(f"{it.text!r} alone: say what it does with it (add, multiply, ...)")
             return self._binary_step(word, name, name if name in ("residual", "bias", "scale") else "")
-        if it.kind in OPERAND_KINDS or it.text in ("(", "-"):
-            if it.kind == "num" and not _expression_follows(cur):
+        if it.kind in ahead.OPERAND_KINDS or it.text in ("(", "-"):
+            if it.kind == "num" and not ahead.expression_follows(cur):
                 raise ReadError(f"the number {it.text} is not next to a parameter of an op")
             src = self.expression(cur, stop_at_join=True)
 
@@ -208,17 +208,17 @@ class Reader(OperandReader):
         item = cur.take()
         word = item.word
         if word.kind == "binary":
-            operand = self.operand(cur) if _operand_next(cur) else None
+            operand = self.operand(cur) if ahead.operand_next(cur) else None
             if pending:
                 raise ReadError(f"{pending[0].text!r} does not apply to {item.text!r}")
-            if isinstance(operand, str) and _second_operand_next(cur):
+            if isinstance(operand, str) and ahead.second_operand_next(cur):
                 # "divide x by the row sum", "multiply x by sigmoid of x", "add a and b", "subtract 1 from x"
                 link = cur.take().text
-                while cur.at("filler") or (cur.at("article") and not _article_operand(cur)):
+                while cur.at("filler") or (cur.at("article") and not ahead.article_operand(cur)):
                     cur.take()
                 nxt = cur.peek()
                 second = self.operand(cur) if nxt.kind in ("dim",) or (
-                    nxt.kind == "op" and nxt.word.kind == "reduction" and not _of_after(cur)) else \
+                    nxt.kind == "op" and nxt.word.kind == "reduction" and not ahead.of_after(cur)) else \
                     self.expression(cur, stop_at_join=True)
                 first, second = (second, operand) if link in ("to", "from") else (operand, second)
                 if callable(first):
@@ -233,7 +233,7 @@ class Reader(OperandReader):
         if word.kind in ("gated", "matmul", "loss"):
             return self._multi_operand(cur, word, params, drops)
         operand: str | None = None
-        if cur.at("of") and _operand_after_of(cur):
+        if cur.at("of") and ahead.operand_after_of(cur):
             cur.take()
             operand = self.expression(cur, stop_at_join=False)
         return self._unary_step(word, params, drops, operand)
@@ -276,7 +276,7 @@ class Reader(OperandReader):
             self.name_parts.append({"residual": "add", "bias": "bias", "scale": "scale"}.get(pre, word.name))
             if callable(y):
                 y = y(x)
-            if _is_number(y) and word.name in ("maximum", "minimum"):
+            if ahead.is_number(y) and word.name in ("maximum", "minimum"):
                 return self.emit(f"torch.clamp({x}, {'min' if word.name == 'maximum' else 'max'}={y})")
             return self.emit(render(word, {"x": x, "y": y}, {}))
 
@@ -288,9 +288,9 @@ class Reader(OperandReader):
         if introduced:
             cur.take()
         while introduced and cur.peek() is not None and (cur.at("noun", "letter") or (
-                cur.at("article", "filler", "join") and _noun_ahead(cur)) or _article_operand(cur)):
+                cur.at("article", "filler", "join") and ahead.noun_ahead(cur)) or ahead.article_operand(cur)):
             it = cur.take()
-            if it.kind in ("noun", "letter") or _article_operand(cur, back=1):
+            if it.kind in ("noun", "letter") or ahead.article_operand(cur, back=1):
                 named.append(it)
         roles = {"matmul": ("lhs", "rhs"), "bmm": ("blhs", "brhs"), "linear": ("lin_x", "lin_w", "feature")}
 
@@ -355,75 +355,3 @@ class Reader(OperandReader):
 def _word_note(word: Word, params: dict[str, Any]) -> str:
     """The word's convention note, unless the text set the parameter the note is about."""
     return "" if word.note_param and word.note_param in params else word.note
-
-
-def _is_number(src: str) -> bool:
-    try:
-        float(src)
-        return True
-    except ValueError:
-        return False
-
-
-def _next_is_noun(cur: Cursor) -> bool:
-    """Whether an 'a' at the cursor is an article ("a gate tensor", "a causal mask"), not the operand a."""
-    nxt = cur.peek(1)
-    return nxt is not None and (nxt.kind in ("noun", "filler", "scale", "dequantize") or (
-        nxt.kind == "op" and nxt.word.kind != "binary"))
-
-
-def _second_operand_next(cur: Cursor) -> bool:
-    it = cur.peek()
-    if it is None or it.text not in ("by", "with", "and", "to", "from"):
-        return False
-    k = 1
-    while cur.peek(k) is not None and (cur.peek(k).kind == "filler" or (
-            cur.peek(k).kind == "article" and cur.peek(k + 1) is not None and cur.peek(k + 1).kind != "join")):
-        k += 1
-    nxt = cur.peek(k)
-    if nxt is None:
-        return False
-    if nxt.kind in ("noun", "letter", "num", "scale", "article") or nxt.text in ("(", "-"):
-        return True
-    return it.text != "and" and (nxt.kind == "dim" or (nxt.kind == "op" and nxt.word.kind != "binary"))
-
-
-def _of_after(cur: Cursor) -> bool:
-    nxt = cur.peek(1)
-    return nxt is not None and nxt.kind == "of"
-
-
-def _article_operand(cur: Cursor, back: int = 0) -> bool:
-    return article_is_operand(cur, -back)
-
-
-def _noun_ahead(cur: Cursor) -> bool:
-    nxt = cur.peek(1)
-    return nxt is not None and nxt.kind in ("noun", "letter")
-
-
-def _operand_next(cur: Cursor) -> bool:
-    k = 0
-    while cur.peek(k) is not None and (cur.peek(k).kind in ("filler", "by") or cur.peek(k).text in ("with", "to")
-                                       or (cur.peek(k).kind == "article" and not article_is_operand(cur, k))):
-        k += 1
-    it = cur.peek(k)
-    return it is not None and (it.kind in ("noun", "letter", "num", "scale", "article") or it.text in ("(", "-") or
-                               (it.kind == "op" and it.word.kind in ("reduction",)) or
-                               (it.kind == "dim" and cur.peek(k + 1) is not None and cur.peek(k + 1).kind == "op"))
-
-
-def _operand_after_of(cur: Cursor) -> bool:
-    nxt = cur.peek(1)
-    return nxt is not None and (nxt.kind in OPERAND_KINDS or nxt.kind == "op" or nxt.text in ("(", "-"))
-
-
-def _expression_follows(cur: Cursor) -> bool:
-    """Whether the operand at the cursor starts an expression ("x plus bias", "2 * x")."""
-    nxt, after = cur.peek(1), cur.peek(2)
-    if nxt is not None and nxt.text == "+" and (after is None or after.kind in ("op", "dequantize", "seq")):
-        return False  # "bias + relu": the '+' joins the next op
-    return nxt is not None and (nxt.kind == "sym" and nxt.text in ("+", "-", "*", "/", "@", "**") or
-                                nxt.text == "+" or (nxt.kind == "op" and nxt.word.kind == "binary"
-                                                    and cur.peek(2) is not None
-                                                    and cur.peek(2).kind in OPERAND_KINDS))

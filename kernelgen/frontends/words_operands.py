@@ -56,7 +56,8 @@ class Cursor:
 def article_is_operand(cur: Cursor, k: int = 0) -> bool:
     """'a' used as an operand name ("add a and b", "matmul of a and b"): an 'a' not followed by a noun."""
     it, nxt = cur.peek(k), cur.peek(k + 1)
-    return it is not None and it.kind == "article" and (nxt is None or nxt.kind in ("join", "seq", "sym", "by", "of") or nxt.text == "from")
+    return it is not None and it.kind == "article" and (
+        nxt is None or nxt.kind in ("join", "seq", "sym", "by", "of") or nxt.text == "from")
 
 
 def _param_of(word: Word, it: Item) -> str | None:
