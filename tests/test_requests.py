@@ -211,6 +211,13 @@ CASES = [
     ("scale by alpha and add residual", lambda x, alpha, residual: x * alpha + residual),
     ("multiply by a gate tensor", lambda x, gate: x * gate),
     ("softmax over the last dimension of x times scale", lambda x, scale: torch.softmax(x * scale, -1)),
+    ("softmax and add bias", lambda x, bias: torch.softmax(x, -1) + bias),  # a verb keeps the written order
+    ("softmax with bias", lambda x, bias: torch.softmax(x + bias, -1)),  # a noun joined to a softmax feeds it
+    ("softmax and scale by 2", lambda x: torch.softmax(x, -1) * 2),
+    ("scale x by 2", lambda x: 2 * x),
+    ("gelu and tanh", lambda x: torch.tanh(F.gelu(x))),
+    ("gelu tanh", lambda x: F.gelu(x, approximate="tanh")),
+    ("clamp max 6", lambda x: x.clamp(max=6)),
     # requests a person may write that the reader does not handle yet: they must be refused, never misread
     ("divide each row by its sum", lambda x: x / x.sum(-1, keepdim=True)),
     ("sum of a and b then relu", lambda a, b: F.relu(a + b)),
@@ -232,6 +239,8 @@ REFUSED = [
     "relu a + b",  # words before a formula that do not name it
     "sigmoid gating a*tanh(b)",
     "threshold",  # needs its two numbers
+    "clamp 5",  # one bare bound: min or max?
+    "add x",  # x plus what?
     "cast",
     "relu then dropout",
     "rotary embedding",

@@ -53,8 +53,8 @@ def noun_ahead(cur: Cursor) -> bool:
     return nxt is not None and nxt.kind in ("noun", "letter")
 
 
-def operand_next(cur: Cursor) -> bool:
-    k = 0
+def operand_next(cur: Cursor, k: int = 0) -> bool:
+    """Whether an operand starts at (or, past 'with', 'to', 'by' and fillers, after) item k."""
     while cur.peek(k) is not None and (cur.peek(k).kind in ("filler", "by") or cur.peek(k).text in ("with", "to")
                                        or (cur.peek(k).kind == "article" and not article_is_operand(cur, k))):
         k += 1

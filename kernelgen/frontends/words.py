@@ -41,8 +41,9 @@ class Decl:
 class Step:
     label: str
     apply: Callable[[str | None], str]
-    pre: str = ""  # one of PRE_OPS when the step may feed a following norm / softmax
+    pre: str = ""  # one of PRE_OPS: a residual add feeding a norm is returned too
     row_op: bool = False
+    movable: bool = False  # a noun ("+ residual", "with scale", "a causal mask") that feeds a preceding row op
 
 
 @dataclass
@@ -146,7 +147,7 @@ class Reader(OperandReader):
         out: list[Step] = []
         for s in steps:
             first_row = next((k for k, t in enumerate(out) if t.row_op), None)
-            if s.pre and first_row is not None:
+            if s.movable and first_row is not None:
                 self.note(f"{s.label!r} written after {out[first_row].label!r} feeds it (write 'then' for the "
                           "other order)")
                 out.insert(first_row, s)
@@ -161,7 +162,7 @@ class Reader(OperandReader):
                     self.outputs_extra.append(h)
                     return h
 
-                out[k] = Step(s.label, keep, s.pre)
+                out[k] = Step(s.label, keep, s.pre, movable=s.movable)
                 self.note("the residual sum feeding the norm is returned too: (y, h) with h = x + residual")
         return out
 
@@ -173,9 +174,12 @@ class Reader(OperandReader):
         if it.kind == "dequantize":
             return self.dequantize(cur, pending)
         if it.kind == "scale":
-            cur.take()
-            operand = self.operand(cur) if ahead.operand_next(cur) else None
-            return self._binary_step(BY_NAME["mul"], operand or self.declare("scale", "scalar", 0.125), "scale")
+            if not ahead.operand_next(cur, 1):  # "scaled softmax", "softmax with scale": the input `scale`
+                cur.take()
+                step = self._binary_step(BY_NAME["mul"], self.declare("scale", "scalar", 0.125), "scale")
+                step.movable = True
+                return step
+            return self.op_phrase(cur, pending, BY_NAME["mul"])  # "scale by 0.5", "scale x by alpha"
         if it.kind == "noun" and not ahead.expression_follows(cur):
             cur.take()
             name, role = self.noun(it), it.value[1]
@@ -190,7 +194,9 @@ class Reader(OperandReader):
                 word = BY_NAME["mul"]
             else:
                 raise ReadError(f"{it.text!r} alone: say what it does with it (add, multiply, ...)")
-            return self._binary_step(word, name, name if name in ("residual", "bias", "scale") else "")
+            step = self._binary_step(word, name, name if name in ("residual", "bias", "scale") else "")
+            step.movable = True
+            return step
         if it.kind in ahead.OPERAND_KINDS or it.text in ("(", "-"):
             if it.kind == "num" and not ahead.expression_follows(cur):
                 raise ReadError(f"the number {it.text} is not next to a parameter of an op")
@@ -204,9 +210,9 @@ class Reader(OperandReader):
             return Step(src, start)
         raise ReadError(f"cannot place {it.text!r} here")
 
-    def op_phrase(self, cur: Cursor, pending: list[Item]) -> Step:
+    def op_phrase(self, cur: Cursor, pending: list[Item], as_word: Word | None = None) -> Step:
         item = cur.take()
-        word = item.word
+        word = as_word or item.word
         if word.kind == "binary":
             operand = self.operand(cur) if ahead.operand_next(cur) else None
             if pending:
@@ -228,6 +234,9 @@ class Reader(OperandReader):
         params, drops = self.params(cur, word, pending)
         if word.name == "cast" and "dtype" not in params:
             raise ReadError("cast to which dtype? (fp16, bf16, fp32)")
+        if word.name in ("clamp", "hardtanh") and len([p for p in params if p in word.numbers]) == 1 and \
+                not any(it.kind == "param" or it.text in ("min", "max") for it in cur.items[:cur.i]):
+            raise ReadError(f"{word.name} with one bound: say which ('min 0', 'max 6') or give both")
         if word.name == "threshold" and len(params) < 2:
             raise ReadError("threshold needs two numbers: the threshold and the value below it")
         if word.kind in ("gated", "matmul", "loss"):
@@ -260,7 +269,7 @@ class Reader(OperandReader):
             return self.emit(render(word, ops, params))
 
         return Step(word.name, apply, "causal_mask" if word.name == "causal_mask" else "",
-                    row_op=word.kind in ROW_OPS)
+                    row_op=word.kind in ROW_OPS, movable=word.name == "causal_mask")
 
     def _binary_step(self, word: Word, operand, pre: str, first: str | None = None) -> Step:
         def apply(v: str | None) -> str:
@@ -268,6 +277,8 @@ class Reader(OperandReader):
                 if v is not None:
                     raise ReadError(f"{word.name} of {first!r} comes after another op: use 'then' or a formula")
                 x, y = first, operand
+            elif v is None and operand == "x":
+                raise ReadError(f"{word.name} x and what? (write '{word.name} x and y' or a formula)")
             elif v is None and operand is None:
                 x, y = self.declare("a", "rows"), self.declare("b", "rows")
             else:

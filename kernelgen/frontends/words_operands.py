@@ -194,7 +194,7 @@ class OperandReader:
         if it.kind == "dim":
             return "dim" in word.params or word.kind == "norm"
         if it.text == "tanh":
-            return "approximate" in word.params
+            return False  # "gelu and tanh" is two ops; "gelu tanh" (adjacent) is the approximation
         return (it.kind == "param" or it.text in PARAM_WORDS) and _number(after) and _param_of(word, it) is not None
 
     @staticmethod
