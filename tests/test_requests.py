@@ -340,3 +340,13 @@ def test_conventions_are_printed_as_notes():
     assert any("inputs: x [M, N], bias [N]" == n for n in to_reference("silu of x plus bias").notes)
     rms_ref = to_reference("fused rmsnorm + residual")
     assert rms_ref.outputs == ["y", "h"] and any("returned too" in n for n in rms_ref.notes)
+
+
+def test_readme_lists_every_vocabulary_word():
+    from pathlib import Path
+
+    from kernelgen.frontends.vocabulary import WORDS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [w.name for w in WORDS if f"`{w.name}`" not in readme]
+    assert not missing, f"README 'The words' table lacks {missing}"
