@@ -218,6 +218,14 @@ CASES = [
     ("gelu and tanh", lambda x: torch.tanh(F.gelu(x))),
     ("gelu tanh", lambda x: F.gelu(x, approximate="tanh")),
     ("clamp max 6", lambda x: x.clamp(max=6)),
+    ("relu(x) then add 1", lambda x: F.relu(x) + 1),
+    ("norm of each row", lambda x: (x * x).sum(-1).sqrt()),
+    ("l2 norm over the last dim", lambda x: x.norm(dim=-1)),
+    ("mean over dim 1", lambda x: x.mean(1)),
+    ("var over dim 0 unbiased", lambda x: x.var(0)),
+    ("sqrt of x squared plus y squared", lambda x, y: torch.hypot(x, y)),
+    ("leaky relu 0.2 and add bias", lambda x, bias: F.leaky_relu(x, 0.2) + bias),
+    ("divide by temperature then softmax", lambda x, temperature: torch.softmax(x / temperature, -1)),
     # requests a person may write that the reader does not handle yet: they must be refused, never misread
     ("divide each row by its sum", lambda x: x / x.sum(-1, keepdim=True)),
     ("sum of a and b then relu", lambda a, b: F.relu(a + b)),
@@ -241,6 +249,8 @@ REFUSED = [
     "threshold",  # needs its two numbers
     "clamp 5",  # one bare bound: min or max?
     "add x",  # x plus what?
+    "sum and mean",  # a mean of one number: two outputs were probably meant
+    "softmax with temperature 0.5",
     "cast",
     "relu then dropout",
     "rotary embedding",
@@ -350,3 +360,17 @@ def test_readme_lists_every_vocabulary_word():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     missing = [w.name for w in WORDS if f"`{w.name}`" not in readme]
     assert not missing, f"README 'The words' table lacks {missing}"
+
+
+def test_every_vocabulary_snippet_passes_the_formula_allowlist_and_runs():
+    """The words path builds its reference from the table's snippets and checks it like a user formula: a
+    snippet outside the allowlist (or one that does not run) would refuse every request using that word."""
+    from kernelgen.frontends.formula import parse_program
+    from kernelgen.frontends.vocabulary import WORDS, Src, render
+
+    fixed = {"threshold": {"threshold": 0.1, "value": 2.0}, "clamp": {"min": -1.0, "max": 1.0},
+             "pow": {"exponent": 2.0}, "cast": {"dtype": Src("torch.float16")}}
+    for w in WORDS:
+        src = render(w, {o: o for o in w.operands}, fixed.get(w.name, {}))
+        program = parse_program(f"y = {src}")
+        assert program.inputs == list(dict.fromkeys(w.operands)), (w.name, program.inputs)

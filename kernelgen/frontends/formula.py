@@ -189,12 +189,12 @@ class _Rewriter(ast.NodeTransformer):
             ok = len(rest) == 1 and rest[0] in MATH_NAMES
         elif head == "F":
             ok = len(rest) == 1 and rest[0] in F_FUNCS
+        elif rest in (["nn"], ["nn", "functional"], ["linalg"]):
+            ok = True  # the inner part of torch.nn.functional.X / torch.linalg.X (X is checked on the outer node)
         elif rest[:2] == ["nn", "functional"]:
             ok = len(rest) == 3 and rest[2] in F_FUNCS
         elif rest[:1] == ["linalg"]:
             ok = len(rest) == 2 and rest[1] in LINALG_FUNCS
-        elif rest in (["nn"], ["nn", "functional"]):
-            ok = True  # the inner part of torch.nn.functional.X (X is checked on the outer node)
         else:
             ok = len(rest) == 1 and (rest[0] in TORCH_FUNCS or rest[0] in TORCH_CONSTANTS)
         if not ok:

@@ -64,6 +64,7 @@ class Reader(OperandReader):
     name_parts: list[str] = field(default_factory=list)
     causal: bool = False
     temps: int = 0
+    whole: set[str] = field(default_factory=set)  # values that are reductions over every element
 
     # ---- inputs and statements -------------------------------------------------------------------
     def declare(self, name: str, role: str, value: float | None = None, fill: str = "randn") -> str:
@@ -245,6 +246,9 @@ class Reader(OperandReader):
         if cur.at("of") and ahead.operand_after_of(cur):
             cur.take()
             operand = self.expression(cur, stop_at_join=False)
+        elif cur.at(text=("(",)):  # call syntax inside words: "relu(x) then add 1"
+            cur.take()
+            operand = self.expression(Cursor(cur.until_close()), stop_at_join=False)
         return self._unary_step(word, params, drops, operand)
 
     def _unary_step(self, word: Word, params: dict[str, Any], drops: set[str], operand: str | None) -> Step:
@@ -252,6 +256,9 @@ class Reader(OperandReader):
             if v is not None and operand is not None:
                 raise ReadError(f"{word.name} 'of' {operand!r} comes after another op: use 'then' or a formula")
             x = operand or v or self.main()
+            if x in self.whole and word.kind in ("reduction", "norm", "softmax"):
+                raise ReadError(f"{word.name} after a reduction over every element would apply to one number; "
+                                "say which dim ('per row', 'over the last dim')")
             if word.positive and x in self.decls and self.decls[x].role in ("rows", "rows4d"):
                 self.decls[x].fill = "positive"
             ops: dict[str, str | None] = {word.operands[0]: x}
@@ -266,7 +273,10 @@ class Reader(OperandReader):
                           "'per row' for rows")
             self.note(_word_note(word, params))
             self.name_parts.append(word.name)
-            return self.emit(render(word, ops, params))
+            out = self.emit(render(word, ops, params))
+            if word.kind == "reduction" and params.get("dim", word.params.get("dim")) is None:
+                self.whole.add(out)
+            return out
 
         return Step(word.name, apply, "causal_mask" if word.name == "causal_mask" else "",
                     row_op=word.kind in ROW_OPS, movable=word.name == "causal_mask")
