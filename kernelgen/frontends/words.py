@@ -72,6 +72,14 @@ class Reader(OperandReader):
             self.decls[name] = Decl(name, role, value, fill)
         return name
 
+    def own_input(self, word: Word, operand: str) -> str:
+        """A parameter tensor an op brings (a norm's weight and bias, prelu's weight), [N]. Layer norm's bias
+        is `ln_bias` (so "layer norm then add bias" has two biases); a name already used gets the op's prefix."""
+        name = "ln_bias" if (word.name, operand) == ("layer_norm", "bias") else operand
+        if name in self.decls:
+            name = f"{word.name}_{operand}"
+        return self.declare(name, "feature")
+
     def main(self) -> str:
         return self.declare("x", "rows4d" if self.causal else "rows")
 
@@ -263,8 +271,7 @@ class Reader(OperandReader):
                 self.decls[x].fill = "positive"
             ops: dict[str, str | None] = {word.operands[0]: x}
             for extra in word.operands[1:]:
-                ops[extra] = None if extra in drops else self.declare(
-                    extra if extra not in self.decls or word.kind != "norm" else f"ln_{extra}", "feature")
+                ops[extra] = None if extra in drops else self.own_input(word, extra)
             if word.name == "clamp" and "min" not in params and "max" not in params:
                 params.update(min=Src(self.declare("lo", "scalar", -1.0)), max=Src(self.declare("hi", "scalar", 1.0)))
                 self.note("clamp: no bounds in the text, so they are inputs lo=-1.0, hi=1.0")

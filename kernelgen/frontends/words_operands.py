@@ -76,7 +76,7 @@ def _number(it: Item | None) -> bool:
 
 
 class OperandReader:
-    """Mixin of the words reader: needs `declare`, `noun` and `note`."""
+    """Mixin of the words reader: needs `declare`, `own_input`, `noun`, `note` and `name_parts`."""
 
     def params(self, cur: Cursor, word: Word, pending: list[Item]) -> tuple[dict[str, Any], set[str]]:
         params: dict[str, Any] = {}
@@ -323,7 +323,7 @@ class OperandReader:
         ops: dict[str, str | None] = dict(zip(word.operands, args))
         for extra in word.operands[len(args):]:
             ops[extra] = None if (extra in drops or extra in word.optional and word.kind != "norm") else \
-                self.declare(extra, "feature")
+                self.own_input(word, extra)
         if word.kind == "gated" and len(args) < 2:
             raise ReadError(f"{word.name} needs two operands: {word.name}(a, b)")
         self.note("" if word.note_param in params and word.note_param else word.note)
