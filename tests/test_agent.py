@@ -208,13 +208,16 @@ def test_merge_is_atomic_and_idempotent_and_clears_leftovers_of_an_interrupted_m
     (lib / "ops" / ".tmp-rms_norm-abc").mkdir(parents=True)  # what a merge killed midway leaves
     (lib / "ops" / ".tmp-rms_norm-abc" / "kernel.py").write_text("partial")
     first = nodes.merge(state)
-    assert sorted(p.name for p in (lib / "ops").iterdir()) == ["rms_norm"]
-    op = load_op(lib / "ops" / "rms_norm")
-    assert op_status(op, "interpreter")["status"] == "verified"
-    mtime = (lib / "ops" / "rms_norm" / "kernel.py").stat().st_mtime_ns
-    # resume re-runs merge after it had finished: recognised, nothing rewritten
-    assert nodes.merge(state)["merged"] == first["merged"]
-    assert (lib / "ops" / "rms_norm" / "kernel.py").stat().st_mtime_ns == mtime
+    # the built-in library resolves rms_norm already: the op is merged under the next free name, with a note
+    assert first["name"] == "rms_norm_2" and "taken" in first["messages"][0]
+    assert sorted(p.name for p in (lib / "ops").iterdir()) == ["rms_norm_2"]
+    op = load_op(lib / "ops" / "rms_norm_2")
+    assert op.spec.function == "rms_norm" and op_status(op, "interpreter")["status"] == "verified"
+    mtime = (lib / "ops" / "rms_norm_2" / "kernel.py").stat().st_mtime_ns
+    # resume re-runs merge after it had finished: recognised under its suffixed name, nothing rewritten
+    again = nodes.merge(state)
+    assert again["merged"] == first["merged"] and again["name"] == "rms_norm_2"
+    assert (lib / "ops" / "rms_norm_2" / "kernel.py").stat().st_mtime_ns == mtime
     # dry run writes nothing
     dry = dict(state, options=dict(state["options"], library=str(tmp_path / "other"), dry_run=True))
     assert nodes.merge(dry)["merged"] is None and not (tmp_path / "other").exists()

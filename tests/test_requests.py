@@ -86,6 +86,9 @@ CASES = [
     ("y = torch.log(x) + 1", lambda x: torch.log(x) + 1),
     ("mish(x) * 2", lambda x: x * torch.tanh(F.softplus(x)) * 2),
     ("y = x * 2; z = y - 1; (y, z)", lambda x: (x * 2, x * 2 - 1)),
+    ("h = x + residual\ny = rms_norm(h, w, 1e-6)\n(y, h)", lambda x, residual, w: (rms(x + residual, w, 1e-6),
+                                                                                x + residual)),
+    ("  silu   of  x\nplus bias ", lambda x, bias: F.silu(x + bias)),
     # activations in words
     ("relu", lambda x: x.clamp_min(0)),
     ("apply relu6", lambda x: x.clamp(0, 6)),
@@ -262,6 +265,7 @@ REFUSED = [
     "y = open('f').read()",
     "y = x.cuda()",
     "y = lambda: 0",
+    "y = min(x, 0)",  # Python's min is elementwise, the word min a reduction: write torch.minimum or torch.amin
     "",
 ]
 

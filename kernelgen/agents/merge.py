@@ -134,8 +134,9 @@ def merge(state: dict) -> dict:
     parent = ops_dir(library)
     dest = parent / spec.name
     if parent.is_dir():
-        for leftover in list(parent.glob(f".tmp-{spec.name}-*")) + list(parent.glob(f".old-{spec.name}-*")):
-            shutil.rmtree(leftover, ignore_errors=True)
+        for n in {spec.name, state.get("name") or spec.name}:  # the run's name and the free one it merges under
+            for leftover in list(parent.glob(f".tmp-{n}-*")) + list(parent.glob(f".old-{n}-*")):
+                shutil.rmtree(leftover, ignore_errors=True)
     staged = candidate_folder(state, winner)
     if dest.is_dir() and source_hash(dest) == source_hash(staged):
         emit("merge", f"{dest} already holds this op (merged before an interruption)", "green")

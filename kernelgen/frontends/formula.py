@@ -62,7 +62,8 @@ class Program:
     statements: list[ast.stmt]  # assignments, checked and rewritten to plain torch / F calls
     outputs: list[str]  # names returned, in order
     inputs: list[str]  # names read before they are assigned, in order of first use
-    vocabulary_calls: list[Word] = field(default_factory=list)  # words used as functions (for their notes)
+    vocabulary_calls: list[Word] = field(default_factory=list)  # words used as functions
+    notes: list[str] = field(default_factory=list)  # their conventions, where the formula did not set them
 
 
 def looks_like_formula(text: str) -> bool:
@@ -116,7 +117,7 @@ def parse_program(text: str) -> Program:
     rewriter = _Rewriter()
     statements = [ast.fix_missing_locations(rewriter.visit(s)) for s in body]
     inputs = _free_names(statements, outputs)
-    return Program(statements, outputs, inputs, rewriter.words)
+    return Program(statements, outputs, inputs, rewriter.words, rewriter.notes)
 
 
 def _assigned(stmt: ast.stmt) -> list[str]:
@@ -154,6 +155,7 @@ class _Rewriter(ast.NodeTransformer):
     def __init__(self) -> None:
         self.callables = callable_names()
         self.words: list[Word] = []
+        self.notes: list[str] = []
 
     def visit_Call(self, node: ast.Call) -> ast.AST:
         node = self.generic_visit(node)
@@ -229,6 +231,8 @@ class _Rewriter(ast.NodeTransformer):
         if required and word.name != "clamp":
             raise FormulaError(f"{word.name}() needs {', '.join(required)}")
         self.words.append(word)
+        if word.note and not (word.note_param and word.note_param in params) and word.note not in self.notes:
+            self.notes.append(word.note)
         return ast.parse(render(word, operands, params), mode="eval").body
 
 

@@ -30,7 +30,7 @@ OPERATOR_WORDS = {"add": ast.Add, "sub": ast.Sub, "mul": ast.Mult, "div": ast.Di
 
 def to_reference(request: str, name: str | None = None) -> Reference:
     """The request as an explicit PyTorch reference, or `ComposeError` saying what could not be read."""
-    text = " ".join(request.split())
+    text = request.strip()  # newlines kept: a formula may have one statement per line
     if not text:
         raise ComposeError("the request is empty")
     if looks_like_formula(text):
@@ -58,10 +58,7 @@ def _from_formula(request: str, text: str, notes: list[str]) -> Reference:
         raise ComposeError(f"the formula {text!r} has no inputs (names it reads before assigning)")
     causal = any(w.name == "causal_mask" for w in program.vocabulary_calls)
     inputs = input_shapes.formula_inputs(program.inputs, program.statements, causal)
-    notes = [input_shapes.describe(inputs)] + notes
-    for w in program.vocabulary_calls:
-        if w.note and w.note not in notes:
-            notes.append(w.note)
+    notes = [input_shapes.describe(inputs)] + notes + program.notes
     return _reference(request, "formula", program, inputs, notes, _formula_name(program))
 
 

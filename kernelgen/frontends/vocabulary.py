@@ -258,6 +258,11 @@ DTYPE_WORDS: dict[str, str] = {
 }
 
 
+# Python's min(a, b) / max(a, b) are elementwise on two values, our words are reductions: a formula must say
+# torch.amax / torch.maximum instead of guessing which one was meant.
+NOT_CALLABLE = {"min", "max"}
+
+
 def callable_names() -> dict[str, Word]:
     """Names usable as functions in a formula: `silu(x + bias)`, `rms_norm(h, w)`, `swiglu(a, b)`."""
     out: dict[str, Word] = {}
@@ -266,6 +271,8 @@ def callable_names() -> dict[str, Word]:
             continue
         out[w.name] = w
         for p in w.phrases:
+            if p in NOT_CALLABLE:
+                continue
             if " " not in p and p.isidentifier():
                 out.setdefault(p, w)
             elif " " in p and len(p.split()) == 2 and w.kind != "loss":
