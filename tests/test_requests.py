@@ -265,6 +265,8 @@ REFUSED = [
     "y = open('f').read()",
     "y = x.cuda()",
     "y = lambda: 0",
+    "y = x * 2 ** 10 ** 10",  # refused before it runs, not computed
+    "y = x + torch.ones(10 ** 12)",
     "y = min(x, 0)",  # Python's min is elementwise, the word min a reduction: write torch.minimum or torch.amin
     "",
 ]

@@ -94,6 +94,7 @@ def parse_program(text: str) -> Program:
         if isinstance(node, ast.Name) and node.id.startswith("_") or \
                 isinstance(node, ast.Attribute) and node.attr.startswith("_"):
             raise FormulaError("names starting with '_' are not allowed in a formula")
+    _refuse_runaway_constants(tree)
     body = list(tree.body)
     if not body:
         raise FormulaError("the formula is empty")
@@ -118,6 +119,36 @@ def parse_program(text: str) -> Program:
     statements = [ast.fix_missing_locations(rewriter.visit(s)) for s in body]
     inputs = _free_names(statements, outputs)
     return Program(statements, outputs, inputs, rewriter.words, rewriter.notes)
+
+
+ALLOCATORS = {"arange", "ones", "eye", "full"}
+MAX_CONSTANT_SIZE = 1 << 16
+
+
+def _constant(node: ast.AST) -> bool:
+    return not any(isinstance(n, ast.Name) for n in ast.walk(node))
+
+
+def _small_number(node: ast.AST, limit: float) -> bool:
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        node = node.operand
+    return isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and abs(node.value) <= limit
+
+
+def _refuse_runaway_constants(tree: ast.AST) -> None:
+    """The reference runs once here on tiny shapes: a constant power tower (`2 ** 10 ** 10`) or a tensor
+    sized by a constant (`torch.ones(10 ** 12)`) would hang or exhaust memory instead of being refused."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow) and _constant(node.left) and \
+                _constant(node.right) and not _small_number(node.right, 64):
+            raise FormulaError("a power of a constant must have a constant exponent of at most 64")
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ALLOCATORS:
+            for a in list(node.args) + [k.value for k in node.keywords]:
+                if _constant(a) and not isinstance(a, ast.Constant) and not _small_number(a, MAX_CONSTANT_SIZE):
+                    raise FormulaError(f"{node.func.attr}() sizes must be plain numbers or input sizes")
+                if isinstance(a, ast.Constant) and isinstance(a.value, (int, float)) and \
+                        abs(a.value) > MAX_CONSTANT_SIZE:
+                    raise FormulaError(f"{node.func.attr}() with a constant size over {MAX_CONSTANT_SIZE}")
 
 
 def _assigned(stmt: ast.stmt) -> list[str]:

@@ -19,7 +19,7 @@ from kernelgen.frontends.composer import ComposeError
 from kernelgen.frontends.formula import FormulaError, Program, looks_like_formula, parse_program, source
 from kernelgen.frontends.lexicon_words import known_phrases, tokenize
 from kernelgen.frontends.reference import Reference
-from kernelgen.frontends.vocabulary import BY_NAME, Word, callable_names, render
+from kernelgen.frontends.vocabulary import Word, callable_names, render
 from kernelgen.frontends.words import Reader
 from kernelgen.frontends.words_operands import ReadError
 from kernelgen.spec import NAME_RE, InputSpec
@@ -250,4 +250,4 @@ def _check_runs(ref: Reference) -> None:
                            f"({input_shapes.describe(ref.inputs)}): {type(exc).__name__}: {first}") from None
 
 
-__all__ = ["to_reference", "ComposeError", "BY_NAME"]
+__all__ = ["ComposeError", "to_reference"]
