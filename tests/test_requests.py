@@ -222,6 +222,8 @@ CASES = [
     ("gelu tanh", lambda x: F.gelu(x, approximate="tanh")),
     ("clamp max 6", lambda x: x.clamp(max=6)),
     ("relu(x) then add 1", lambda x: F.relu(x) + 1),
+    ("y = min(x, 0)", lambda x: x.clamp(max=0)),  # Python's min of two values is elementwise
+    ("y = exp(x - max(x))", lambda x: torch.exp(x - x.max())),  # and of one tensor, its largest element
     ("layer norm then add bias", lambda x, weight, ln_bias, bias: ln(x, weight, ln_bias) + bias),
     ("bias add then layer norm", lambda x, bias, weight, ln_bias: ln(x + bias, weight, ln_bias)),
     ("rms norm then layer norm", lambda x, weight, layer_norm_weight, ln_bias: ln(rms(x, weight), layer_norm_weight,
@@ -233,6 +235,38 @@ CASES = [
     ("sqrt of x squared plus y squared", lambda x, y: torch.hypot(x, y)),
     ("leaky relu 0.2 and add bias", lambda x, bias: F.leaky_relu(x, 0.2) + bias),
     ("divide by temperature then softmax", lambda x, temperature: torch.softmax(x / temperature, -1)),
+    # a batch written before the reader was run on it (first run: 17 correct, 13 refused, 0 wrong)
+    ("apply swish to the sum of x and y", lambda x, y: F.silu(x + y)),
+    ("relu after adding bias", lambda x, bias: F.relu(x + bias)),
+    ("compute softmax along the last axis", lambda x: torch.softmax(x, -1)),
+    ("multiply the input by 0.5 and then apply tanh", lambda x: torch.tanh(0.5 * x)),
+    ("elementwise max of x and 0", lambda x: x.clamp_min(0)),
+    ("gelu activation followed by layer norm", lambda x, weight, ln_bias: ln(F.gelu(x), weight, ln_bias)),
+    ("rmsnorm with epsilon 1e-5 then multiply by gate", lambda x, weight, gate: rms(x, weight, 1e-5) * gate),
+    ("log of softmax", lambda x: torch.log_softmax(x, -1)),
+    ("sigmoid(x) * x", lambda x: F.silu(x)),
+    ("square the input then take the mean over the last dim", lambda x: (x * x).mean(-1)),
+    ("variance of each row (population)", lambda x: x.var(-1, unbiased=False)),
+    ("a minus b squared", lambda a, b: a - b * b),
+    ("(a - b) squared", lambda a, b: (a - b) ** 2),
+    ("mean squared error between x and target", lambda x, target: F.mse_loss(x, target)),
+    ("add residual and apply layer norm", lambda x, residual, weight, ln_bias: (ln(x + residual, weight, ln_bias),
+                                                                            x + residual)),
+    ("exp(x - max(x))", lambda x: torch.exp(x - x.max())),
+    ("normalize x along the last dimension", lambda x: F.normalize(x, dim=-1)),
+    ("hard sigmoid then multiply with x", lambda x: F.hardsigmoid(x) * x),
+    ("clip x to the range 0 to 1", lambda x: x.clamp(0, 1)),
+    ("softplus then tanh then multiply by x", lambda x: torch.tanh(F.softplus(x)) * x),
+    ("reglu of a and b", lambda a, b: F.relu(a) * b),
+    ("matrix multiply a and b then add bias", lambda a, b, bias: a @ b + bias),
+    ("row-wise logsumexp", lambda x: torch.logsumexp(x, -1)),
+    ("cumulative sum along rows", lambda x: torch.cumsum(x, -1)),
+    ("negative log likelihood loss", lambda logp, target: F.nll_loss(logp, target)),
+    ("x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)", lambda x: rms(x, None, 1e-6)),
+    ("leaky relu with negative slope of 0.1", lambda x: F.leaky_relu(x, 0.1)),
+    ("add two tensors and take the relu", lambda a, b: F.relu(a + b)),
+    ("1 / (1 + exp(-x))", lambda x: torch.sigmoid(x)),
+    ("subtract mean and divide by std per row", lambda x: (x - x.mean(-1, keepdim=True)) / x.std(-1, keepdim=True)),
     # requests a person may write that the reader does not handle yet: they must be refused, never misread
     ("divide each row by its sum", lambda x: x / x.sum(-1, keepdim=True)),
     ("sum of a and b then relu", lambda a, b: F.relu(a + b)),
@@ -267,7 +301,6 @@ REFUSED = [
     "y = lambda: 0",
     "y = x * 2 ** 10 ** 10",  # refused before it runs, not computed
     "y = x + torch.ones(10 ** 12)",
-    "y = min(x, 0)",  # Python's min is elementwise, the word min a reduction: write torch.minimum or torch.amin
     "",
 ]
 

@@ -192,6 +192,8 @@ class _Rewriter(ast.NodeTransformer):
         node = self.generic_visit(node)
         f = node.func
         if isinstance(f, ast.Name):
+            if f.id in ("max", "min") and not node.keywords and len(node.args) in (1, 2):
+                return self._python_min_max(f.id, node)
             if f.id in self.callables:
                 return self._vocabulary_call(self.callables[f.id], node)
             raise FormulaError(f"unknown function {f.id!r}" + _suggest(f.id, self.callables))
@@ -232,6 +234,18 @@ class _Rewriter(ast.NodeTransformer):
             ok = len(rest) == 1 and (rest[0] in TORCH_FUNCS or rest[0] in TORCH_CONSTANTS)
         if not ok:
             raise FormulaError(f"{'.'.join(path)} is not an allowed function")
+
+    def _python_min_max(self, fn: str, node: ast.Call) -> ast.AST:
+        """Python's max(x) is the largest element (torch.amax over every element); max(a, b) is elementwise."""
+        args = [ast.unparse(a) for a in node.args]
+        if len(args) == 1:
+            self.notes.append(f"{fn}(...) of one tensor: over every element (torch.a{fn})")
+            return ast.parse(f"torch.a{fn}({args[0]})", mode="eval").body
+        op = "maximum" if fn == "max" else "minimum"
+        for u, v in ((args[0], args[1]), (args[1], args[0])):
+            if isinstance(ast.parse(v, mode="eval").body, (ast.Constant, ast.UnaryOp)):
+                return ast.parse(f"torch.clamp({u}, {'min' if fn == 'max' else 'max'}={v})", mode="eval").body
+        return ast.parse(f"torch.{op}({args[0]}, {args[1]})", mode="eval").body
 
     def _vocabulary_call(self, word: Word, node: ast.Call) -> ast.AST:
         args = list(node.args)

@@ -40,6 +40,7 @@ DIMS: dict[str, Any] = {
     "along the last dimension": -1, "over the last axis": -1, "on the last dim": -1, "of the last dim": -1,
     "last dim": -1, "last dimension": -1, "last axis": -1, "per row": -1, "row wise": -1, "rowwise": -1,
     "of each row": -1, "for each row": -1, "each row": -1, "over each row": -1, "across columns": -1,
+    "along rows": -1, "along the rows": -1, "along each row": -1, "along the row": -1, "within each row": -1,
     "row": -1, "rows": -1, "per token": -1, "over the hidden dim": -1, "over features": -1,
     "per column": 0, "column wise": 0, "columnwise": 0, "of each column": 0, "each column": 0, "column": 0,
     "columns": 0, "across rows": 0, "per channel": 0,
@@ -52,7 +53,8 @@ FILLER = [
     "pointwise", "tensor", "tensors", "input", "inputs", "output", "result", "that", "which", "its", "it",
     "gating", "gated", "loss", "from", "integer", "class", "is", "do", "take", "takes",
     "masked", "layer", "connection", "calculate", "calculates", "get", "give", "me", "learned", "learnable",
-    "elementwise op", "in place", "followed", "one", "both", "using", "op that", "result of",
+    "elementwise op", "in place", "followed", "one", "both", "using", "op that", "result of", "range",
+    "the range", "interval", "two tensors", "two inputs", "the two", "together", "taking", "applying",
 ]
 # "without weight": an optional operand of the op next to it becomes None
 DROPS: dict[str, tuple[str, ...]] = {
@@ -122,6 +124,8 @@ def _table() -> dict[tuple[str, ...], tuple[str, Any]]:
     for p in ("dim", "axis", "dimension", "over dim", "along dim", "over axis", "along axis"):
         put(p, "dim_index", None)
     put("between", "between", None)
+    for p in ("after", "after applying", "applied after"):
+        put(p, "after", None)  # "relu after adding bias": the part after it runs first
     put("by", "by", None)  # only a binary op or "scale" may take it: a stray "by" is refused, never skipped
     put("cubed", "op_cubed", None)
     put("per row scale", "scale_kind", "row")

@@ -65,7 +65,13 @@ def operand_next(cur: Cursor, k: int = 0) -> bool:
 
 
 def operand_after_of(cur: Cursor) -> bool:
-    nxt = cur.peek(1)
+    """An 'of' (or 'to', 'applied to', 'between') followed, past fillers, by an operand or an op."""
+    if not cur.at("of", text=("between",)):
+        return False
+    k = 1
+    while cur.peek(k) is not None and cur.peek(k).kind == "filler":
+        k += 1
+    nxt = cur.peek(k)
     return nxt is not None and (nxt.kind in OPERAND_KINDS or nxt.kind == "op" or nxt.text in ("(", "-"))
 
 
@@ -78,3 +84,13 @@ def expression_follows(cur: Cursor) -> bool:
                                 nxt.text == "+" or (nxt.kind == "op" and nxt.word.kind == "binary"
                                                     and cur.peek(2) is not None
                                                     and cur.peek(2).kind in OPERAND_KINDS))
+
+
+def single_operand(cur: Cursor) -> bool:
+    """A letter right after a one-operand op, then nothing that could extend it into an expression:
+    "normalize x along the last dim", "relu x". ("relu x plus b" is refused, not guessed.)"""
+    it, nxt = cur.peek(), cur.peek(1)
+    if it is None or not (it.kind == "letter" or article_is_operand(cur)):
+        return False
+    return nxt is None or nxt.kind in ("seq", "after", "dim", "lastn", "dim_index", "mod", "drop", "param",
+                                       "between") or nxt.text in ("to", "[", "with")

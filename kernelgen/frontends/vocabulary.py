@@ -125,11 +125,12 @@ MATH = [
 
 # binary ops: the operand is a tensor the text names, a new input, or a constant ("subtract 2.0")
 BINARY = [
-    Word("add", "binary", ("add", "plus", "added", "addition", "sum with"), "{x} + {y}", ("x", "y")),
-    Word("sub", "binary", ("sub", "subtract", "minus", "subtraction", "subtracted"), "{x} - {y}", ("x", "y")),
-    Word("mul", "binary", ("mul", "multiply", "multiplied", "times", "multiplication", "product with"),
+    Word("add", "binary", ("add", "plus", "added", "adding", "addition", "sum with"), "{x} + {y}", ("x", "y")),
+    Word("sub", "binary", ("sub", "subtract", "minus", "subtraction", "subtracted", "subtracting"), "{x} - {y}",
+         ("x", "y")),
+    Word("mul", "binary", ("mul", "multiply", "multiplied", "multiplying", "times", "multiplication", "product with"),
          "{x} * {y}", ("x", "y")),
-    Word("div", "binary", ("div", "divide", "divided", "division"), "{x} / {y}", ("x", "y")),
+    Word("div", "binary", ("div", "divide", "divided", "dividing", "division"), "{x} / {y}", ("x", "y")),
     Word("maximum", "binary", ("maximum with", "max with", "elementwise max", "elementwise maximum", "maximum"),
          "torch.maximum({x}, {y})", ("x", "y")),
     Word("minimum", "binary", ("minimum with", "min with", "elementwise min", "elementwise minimum", "minimum"),

@@ -65,6 +65,7 @@ class Reader(OperandReader):
     causal: bool = False
     temps: int = 0
     whole: set[str] = field(default_factory=set)  # values that are reductions over every element
+    reduction_dims: list[bool] = field(default_factory=list)  # per reduction: whether the text named its dim
 
     # ---- inputs and statements -------------------------------------------------------------------
     def declare(self, name: str, role: str, value: float | None = None, fill: str = "randn") -> str:
@@ -111,14 +112,20 @@ class Reader(OperandReader):
     def read(self, items: list[Item]) -> Program:
         self.causal = any(it.word is not None and it.word.name == "causal_mask" for it in items)
         groups: list[list[Item]] = [[]]
+        order: list[int] = [0]  # "A after B": B's group runs first
         depth = 0
         for it in items:
             depth += it.text == "(" and 1 or 0
             depth -= it.text == ")" and 1 or 0
-            if it.kind == "seq" and depth == 0:
+            if it.kind in ("seq", "after") and depth == 0:
                 groups.append([])
+                if it.kind == "after":
+                    order.insert(len(order) - 1, len(groups) - 1)
+                else:
+                    order.append(len(groups) - 1)
             else:
                 groups[-1].append(it)
+        groups = [groups[k] for k in order]
         value: str | None = None
         for g in groups:
             if not g:
@@ -126,6 +133,9 @@ class Reader(OperandReader):
             value = self.group(g, value)
         if value is None:
             raise ReadError("no op found")
+        if True in self.reduction_dims and False in self.reduction_dims:
+            raise ReadError("some reductions name a dim and others do not ('per row' applies to the op next to "
+                            "it): say the dim for each")
         outputs = [value] + [o for o in self.outputs_extra if o != value]
         return Program(self.statements, outputs, self.decls, self.notes, self.name_parts)
 
@@ -222,6 +232,10 @@ class Reader(OperandReader):
     def op_phrase(self, cur: Cursor, pending: list[Item], as_word: Word | None = None) -> Step:
         item = cur.take()
         word = as_word or item.word
+        if word.kind == "binary" and ahead.operand_after_of(cur):  # "elementwise max of x and 0"
+            pair = self.pairwise(cur, word)
+            if pair is not None:
+                return Step(item.text, lambda v, pair=pair: self._pair_start(v, item.text, pair))
         if word.kind == "binary":
             operand = self.operand(cur) if ahead.operand_next(cur) else None
             if pending:
@@ -251,13 +265,26 @@ class Reader(OperandReader):
         if word.kind in ("gated", "matmul", "loss"):
             return self._multi_operand(cur, word, params, drops)
         operand: str | None = None
+        pair = self.pairwise(cur, word) if ahead.operand_after_of(cur) else None
+        if pair is not None:  # "sum of a and b", "max of x and 0"
+            return Step(item.text, lambda v, pair=pair: self._pair_start(v, item.text, pair))
         if cur.at("of") and ahead.operand_after_of(cur):
             cur.take()
             operand = self.expression(cur, stop_at_join=False)
+        elif ahead.single_operand(cur):  # "normalize x along the last dim", "clip x to [0, 1]"
+            operand = self.noun(cur.take())
+            more, more_drops = self.params(cur, word, [])
+            params.update(more)
+            drops |= more_drops
         elif cur.at(text=("(",)):  # call syntax inside words: "relu(x) then add 1"
             cur.take()
             operand = self.expression(Cursor(cur.until_close()), stop_at_join=False)
         return self._unary_step(word, params, drops, operand)
+
+    def _pair_start(self, v: str | None, text: str, pair: str) -> str:
+        if v is not None:
+            raise ReadError(f"{text!r} of two operands comes after another op: use 'then'")
+        return self.emit(pair)
 
     def _unary_step(self, word: Word, params: dict[str, Any], drops: set[str], operand: str | None) -> Step:
         def apply(v: str | None) -> str:
@@ -275,6 +302,8 @@ class Reader(OperandReader):
             if word.name == "clamp" and "min" not in params and "max" not in params:
                 params.update(min=Src(self.declare("lo", "scalar", -1.0)), max=Src(self.declare("hi", "scalar", 1.0)))
                 self.note("clamp: no bounds in the text, so they are inputs lo=-1.0, hi=1.0")
+            if word.kind == "reduction":
+                self.reduction_dims.append("dim" in params or word.params.get("dim", -1) is not None)
             if word.kind == "reduction" and "dim" not in params and word.params.get("dim", -1) is None:
                 self.note(f"{word.name}: over every element (PyTorch's default); say 'over the last dim' or "
                           "'per row' for rows")
@@ -315,6 +344,8 @@ class Reader(OperandReader):
         introduced = cur.at("of", text=("between", "from"))  # "matmul of a and b", "loss from logits and ..."
         if introduced:
             cur.take()
+        elif cur.at("letter") or ahead.article_operand(cur):  # "matrix multiply a and b" (letters only:
+            introduced = True  # "matmul bias relu" adds a bias)
         while introduced and cur.peek() is not None and (cur.at("noun", "letter") or (
                 cur.at("article", "filler", "join") and ahead.noun_ahead(cur)) or ahead.article_operand(cur)):
             it = cur.take()

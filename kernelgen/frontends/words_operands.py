@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kernelgen.frontends.lexicon_words import Item
-from kernelgen.frontends.vocabulary import BY_NAME, PARAM_WORDS, Src, Word, render
+from kernelgen.frontends.vocabulary import PARAM_WORDS, Src, Word, render
 
 UNARY_KINDS = ("activation", "math", "norm", "softmax", "reduction")
 ARITH = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
@@ -75,7 +75,42 @@ def _number(it: Item | None) -> bool:
     return it is not None and it.kind == "num"
 
 
-class OperandReader:
+PAIRWISE = {"sum": "+", "prod": "*", "amax": "maximum", "amin": "minimum", "add": "+", "mul": "*", "sub": "-",
+            "div": "/", "maximum": "maximum", "minimum": "minimum"}
+
+
+def _pair_source(op: str, a: str, b: str) -> str:
+    if op in ("+", "*", "-", "/"):
+        return f"({a}) {op} ({b})"
+    for u, v in ((a, b), (b, a)):
+        try:
+            float(v)
+        except ValueError:
+            continue
+        return f"torch.clamp({u}, {'min' if op == 'maximum' else 'max'}={v})"
+    return f"torch.{op}({a}, {b})"
+
+
+class PairReader:
+    """'the sum of x and y' is x + y, 'the max of x and 0' is torch.clamp(x, min=0): a reduction word with
+    two operands joined by 'and' is the elementwise op, not a reduction of the first."""
+
+    def pairwise(self, cur: Cursor, word: Word) -> str | None:
+        if word.name not in PAIRWISE or not cur.at("of", text=("between",)):
+            return None
+        start = cur.i
+        cur.take()
+        first = self.expression(cur, stop_at_join=False)
+        if not cur.at(text=("and",)):
+            cur.i = start
+            return None
+        cur.take()
+        second = self.expression(cur, stop_at_join=False)
+        self.name_parts.append({"+": "add", "*": "mul", "-": "sub", "/": "div"}.get(PAIRWISE[word.name], word.name))
+        return _pair_source(PAIRWISE[word.name], first, second)
+
+
+class OperandReader(PairReader):
     """Mixin of the words reader: needs `declare`, `own_input`, `noun`, `note` and `name_parts`."""
 
     def params(self, cur: Cursor, word: Word, pending: list[Item]) -> tuple[dict[str, Any], set[str]]:
@@ -163,8 +198,13 @@ class OperandReader:
                     if not cur.at(text=("]",)):
                         raise ReadError("a '[' is never closed")
                     cur.take()
-            elif it.text == "to" and nxt is not None and (nxt.text == "[" or nxt.kind in ("num", "dtype")):
+            elif it.text in ("to", "between") and self._bounds_follow(cur):
                 cur.take()
+                while cur.at("filler"):
+                    cur.take()
+                if it.text == "between" and _number(cur.peek()):
+                    cur.items[cur.i - 1] = Item("between", "between")  # read the pair below
+                    cur.i -= 1
             elif it.kind == "dtype" and "dtype" in word.params:
                 params["dtype"] = Src(cur.take().value)
             elif it.text == "tanh" and "approximate" in word.params:
@@ -195,7 +235,19 @@ class OperandReader:
             return "dim" in word.params or word.kind == "norm"
         if it.text == "tanh":
             return False  # "gelu and tanh" is two ops; "gelu tanh" (adjacent) is the approximation
+        if after is not None and after.text in ("of", "=", "is"):
+            return (it.kind == "param" or it.text in PARAM_WORDS) and _param_of(word, it) is not None
         return (it.kind == "param" or it.text in PARAM_WORDS) and _number(after) and _param_of(word, it) is not None
+
+    @staticmethod
+    def _bounds_follow(cur: Cursor) -> bool:
+        """'to [-1, 1]', 'to fp16', 'to 6', 'to the range 0 to 1': a bound or a dtype after fillers."""
+        k = 1
+        while cur.peek(k) is not None and cur.peek(k).kind == "filler":
+            k += 1
+        nxt = cur.peek(k)
+        return nxt is not None and (nxt.text == "[" or nxt.kind in ("num", "dtype")) and (
+            k > 1 or cur.peek().text == "to")
 
     @staticmethod
     def _only_modifiers(cur: Cursor, word: Word) -> bool:
@@ -224,8 +276,10 @@ class OperandReader:
             cur.take()
             word = it.word
             params, _ = self.params(cur, word, pending)
-            params["keepdim"] = True
-            if "dim" not in params:
+            self.reduction_dims.append("dim" in params)
+            if "dim" in params:
+                params["keepdim"] = True  # broadcasts back against the value it came from
+            else:
                 self.note(f"{word.name}: over every element (PyTorch's default); say 'row' or 'over the last "
                           "dim' for rows")
             self.note("" if word.note_param in params and word.note_param else word.note)
@@ -247,6 +301,8 @@ class OperandReader:
 
     def expression(self, cur: Cursor, stop_at_join: bool) -> str:
         parts: list[str] = []
+        starts: list[int] = []  # where each open parenthesis, then the last atom, starts in parts
+        last = 0
         expect_operand, depth = True, 0
         while not cur.done():
             it, nxt = cur.peek(), cur.peek(1)
@@ -255,15 +311,20 @@ class OperandReader:
                         it.kind == "by" and parts and parts[-1] == "/"):
                     cur.take()
                 elif it.kind in ("noun", "letter", "scale", "article"):
+                    last = len(parts)
                     parts.append(self.noun(cur.take()))
                     expect_operand = False
                 elif it.kind == "num":
+                    last = len(parts)
                     parts.append(repr(cur.take().value))
                     expect_operand = False
                 elif it.text in ("(", "-"):
+                    if it.text == "(":
+                        starts.append(len(parts))
                     parts.append(cur.take().text)
                     depth += it.text == "("
                 elif it.kind == "op" and it.word.kind in UNARY_KINDS + ("gated",):
+                    last = len(parts)
                     parts.append(self._call(cur))
                     expect_operand = False
                 else:
@@ -272,6 +333,7 @@ class OperandReader:
             if it.text == ")" and depth:
                 parts.append(cur.take().text)
                 depth -= 1
+                last = starts.pop()
             elif it.text in ("+", "-", "*", "/", "@", "**"):
                 if stop_at_join and it.kind == "join" and (nxt is None or nxt.kind in ("op", "dequantize")):
                     break  # "x + bias + gelu": the second '+' joins the next op
@@ -283,7 +345,7 @@ class OperandReader:
                 expect_operand = True
             elif it.kind == "op" and it.word.name == "square":
                 cur.take()
-                parts[-1] = f"torch.square({parts[-1]})"
+                parts[last:] = [f"torch.square({' '.join(parts[last:])})"]
             elif it.kind == "param" and it.value == "exponent" and _number(nxt):
                 cur.take()
                 parts += ["**", repr(cur.take().value)]
@@ -313,9 +375,14 @@ class OperandReader:
                     current = []
                 else:
                     current.append(x)
-        elif cur.at("of"):
+        elif cur.at("of", text=("between",)):
+            pair = self.pairwise(cur, word)
+            if pair is not None:
+                return pair
             cur.take()
             args = [self.expression(cur, stop_at_join=False)]
+        elif cur.peek() is None or cur.at("seq", "after"):
+            args = [self.main()]  # "log of softmax": the softmax of the input
         else:
             raise ReadError(f"{item.text!r} inside an expression needs 'of' or parentheses: {item.text}(...)")
         if len(args) > len(word.operands):
@@ -326,9 +393,10 @@ class OperandReader:
                 self.own_input(word, extra)
         if word.kind == "gated" and len(args) < 2:
             raise ReadError(f"{word.name} needs two operands: {word.name}(a, b)")
+        if word.kind == "reduction":
+            self.reduction_dims.append("dim" in params or word.params.get("dim", -1) is not None)
         self.note("" if word.note_param in params and word.note_param else word.note)
         self.name_parts.append(word.name)
         return render(word, ops, params)
 
 
-MUL = BY_NAME["mul"]
