@@ -61,6 +61,9 @@ DROPS: dict[str, tuple[str, ...]] = {
     "without weight": ("weight",), "no weight": ("weight",), "unweighted": ("weight",),
     "without bias": ("bias",), "no bias": ("bias",), "bias free": ("bias",),
     "without affine": ("weight", "bias"), "no affine": ("weight", "bias"),
+    "without affine parameters": ("weight", "bias"), "without affine params": ("weight", "bias"),
+    "no affine parameters": ("weight", "bias"), "without learnable parameters": ("weight", "bias"),
+    "without parameters": ("weight", "bias"),
     "without weight and bias": ("weight", "bias"), "no weight or bias": ("weight", "bias"),
 }
 SYMBOLS = {"+", "-", "*", "/", "@", "**", "(", ")", "[", "]", ",", ";", "->", "=", "=>"}
@@ -121,7 +124,8 @@ def _table() -> dict[tuple[str, ...], tuple[str, Any]]:
         put(extra, "lastn", None)
     for p in ("dims", "dimensions", "axes"):
         put(p, "dims_word", None)
-    for p in ("dim", "axis", "dimension", "over dim", "along dim", "over axis", "along axis"):
+    for p in ("dim", "axis", "dimension", "over dim", "along dim", "over axis", "along axis", "over dimension",
+              "along dimension", "on dim", "on dimension", "on axis", "across dim", "across dimension"):
         put(p, "dim_index", None)
     put("between", "between", None)
     for p in ("after", "after applying", "applied after"):

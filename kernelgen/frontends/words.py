@@ -232,6 +232,11 @@ class Reader(OperandReader):
     def op_phrase(self, cur: Cursor, pending: list[Item], as_word: Word | None = None) -> Step:
         item = cur.take()
         word = as_word or item.word
+        if word.name in ("maximum", "minimum") and item.text in ("maximum", "minimum") and (
+                cur.at("dim") or (cur.at("of") and cur.peek(1) is not None and cur.peek(1).kind == "dim")):
+            word = BY_NAME["amax" if word.name == "maximum" else "amin"]  # "minimum of each row": a reduction
+            if cur.at("of"):
+                cur.take()
         if word.kind == "binary" and ahead.operand_after_of(cur):  # "elementwise max of x and 0"
             pair = self.pairwise(cur, word)
             if pair is not None:
@@ -271,6 +276,9 @@ class Reader(OperandReader):
         if cur.at("of") and ahead.operand_after_of(cur):
             cur.take()
             operand = self.expression(cur, stop_at_join=False)
+            more, more_drops = self.params(cur, word, [])  # "the elu of x with alpha 1.5"
+            params.update(more)
+            drops |= more_drops
         elif ahead.single_operand(cur):  # "normalize x along the last dim", "clip x to [0, 1]"
             operand = self.noun(cur.take())
             more, more_drops = self.params(cur, word, [])

@@ -12,6 +12,7 @@ from kernelgen.frontends.lexicon_words import Item
 from kernelgen.frontends.vocabulary import PARAM_WORDS, Src, Word, render
 
 UNARY_KINDS = ("activation", "math", "norm", "softmax", "reduction")
+GATED_BASE = {"swiglu": "silu", "geglu": "gelu", "reglu": "relu"}
 ARITH = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
 PARAM_ALIASES = {"min": ("min", "min_val"), "max": ("max", "max_val"), "alpha": ("alpha",), "beta": ("beta",),
                  "threshold": ("threshold",), "value": ("value",)}
@@ -218,6 +219,9 @@ class OperandReader(PairReader):
                 depth -= 1
             elif it.kind == "join" and nxt is not None and self._applies(word, nxt, cur.peek(2)):
                 cur.take()
+            elif it.kind == "op" and cur.i > 0 and cur.items[cur.i - 1].kind == "mod" and (
+                    it.word is word or GATED_BASE.get(word.name) == it.word.name):
+                cur.take()  # "geglu with exact gelu", "gelu (tanh approximation) gelu": the op named again
             elif it.kind == "join" and word.kind == "norm" and nxt is not None and nxt.kind == "noun" \
                     and nxt.value[0] in word.operands and nxt.value[0] not in drops:
                 cur.take(), cur.take()  # "layer norm with weight and bias": its own operands, already there
@@ -381,8 +385,8 @@ class OperandReader(PairReader):
                 return pair
             cur.take()
             args = [self.expression(cur, stop_at_join=False)]
-        elif cur.peek() is None or cur.at("seq", "after"):
-            args = [self.main()]  # "log of softmax": the softmax of the input
+        elif cur.peek() is None or cur.at("seq", "after", "dim"):
+            args = [self.main()]  # "log of softmax", "mean of the squares of each row": of the input
         else:
             raise ReadError(f"{item.text!r} inside an expression needs 'of' or parentheses: {item.text}(...)")
         if len(args) > len(word.operands):
