@@ -22,7 +22,7 @@ minimum fmax fmin where sum mean amax amin max min prod var std logsumexp softma
 matmul mm bmm addmm baddbmm einsum relu arange ones ones_like zeros_like full_like empty_like rand_like triu
 tril outer cat stack transpose permute reshape flatten unsqueeze squeeze chunk split masked_fill lerp addcmul
 addcdiv hypot fmod remainder mul add sub subtract div divide true_divide logaddexp isfinite isnan nan_to_num
-rsub cdist dot mv norm diag eye full
+rsub cdist dot mv norm diag eye full argmax argmin
 """.split())
 LINALG_FUNCS = {"vector_norm", "norm", "matrix_norm"}
 F_FUNCS = set("""

@@ -26,6 +26,7 @@ NOUNS: dict[str, tuple[str, str]] = {
     "labels": ("target", "target"), "integer targets": ("target", "target"),
     "class targets": ("target", "target"), "probabilities": ("p", "rows"),
     "other tensor": ("y", "rows"), "another tensor": ("y", "rows"),
+    "predictions": ("x", "rows"), "prediction": ("x", "rows"), "preds": ("x", "rows"),
 }
 SCALAR_VALUES = {"scale": 0.125, "alpha": 0.5, "temperature": 2.0}
 LETTERS = set("abcdefghijklmnopqrstuvwxyz") - {"a"}  # "a" is an article unless it is clearly an operand
@@ -55,6 +56,8 @@ FILLER = [
     "masked", "layer", "connection", "calculate", "calculates", "get", "give", "me", "learned", "learnable",
     "elementwise op", "in place", "followed", "one", "both", "using", "op that", "result of", "range",
     "the range", "interval", "two tensors", "two inputs", "the two", "together", "taking", "applying",
+    "performs", "perform", "performing", "applies", "returns", "return", "simple", "model", "simple model",
+    "reduction", "computation",
 ]
 # "without weight": an optional operand of the op next to it becomes None
 DROPS: dict[str, tuple[str, ...]] = {

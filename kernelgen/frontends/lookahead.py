@@ -94,3 +94,12 @@ def single_operand(cur: Cursor) -> bool:
         return False
     return nxt is None or nxt.kind in ("seq", "after", "dim", "lastn", "dim_index", "mod", "drop", "param",
                                        "between") or nxt.text in ("to", "[", "with")
+
+
+def only_fillers_after(cur: Cursor) -> bool:
+    """'to the input', 'on the tensor': an 'of' word followed only by fillers up to the next step."""
+    k = 1
+    while cur.peek(k) is not None and cur.peek(k).kind == "filler":
+        k += 1
+    nxt = cur.peek(k)
+    return k > 1 and (nxt is None or nxt.kind in ("seq", "after", "join"))

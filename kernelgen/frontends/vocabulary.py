@@ -125,12 +125,13 @@ MATH = [
 
 # binary ops: the operand is a tensor the text names, a new input, or a constant ("subtract 2.0")
 BINARY = [
-    Word("add", "binary", ("add", "plus", "added", "adding", "addition", "sum with"), "{x} + {y}", ("x", "y")),
-    Word("sub", "binary", ("sub", "subtract", "minus", "subtraction", "subtracted", "subtracting"), "{x} - {y}",
+    Word("add", "binary", ("add", "plus", "added", "adding", "adds", "addition", "sum with"), "{x} + {y}",
          ("x", "y")),
-    Word("mul", "binary", ("mul", "multiply", "multiplied", "multiplying", "times", "multiplication", "product with"),
-         "{x} * {y}", ("x", "y")),
-    Word("div", "binary", ("div", "divide", "divided", "dividing", "division"), "{x} / {y}", ("x", "y")),
+    Word("sub", "binary", ("sub", "subtract", "minus", "subtraction", "subtracted", "subtracting", "subtracts"),
+         "{x} - {y}", ("x", "y")),
+    Word("mul", "binary", ("mul", "multiply", "multiplied", "multiplying", "multiplies", "times", "multiplication",
+                           "product with"), "{x} * {y}", ("x", "y")),
+    Word("div", "binary", ("div", "divide", "divided", "dividing", "divides", "division"), "{x} / {y}", ("x", "y")),
     Word("maximum", "binary", ("maximum with", "max with", "elementwise max", "elementwise maximum", "maximum"),
          "torch.maximum({x}, {y})", ("x", "y")),
     Word("minimum", "binary", ("minimum with", "min with", "elementwise min", "elementwise minimum", "minimum"),
@@ -143,6 +144,8 @@ REDUCTIONS = [
     _red("amax", "max, amax, maximum value, largest", "torch.amax({x}{kw})"),
     _red("amin", "min, amin, minimum value, smallest", "torch.amin({x}{kw})"),
     _red("prod", "prod, product", "torch.prod({x}{kw})"),
+    _red("argmax", "argmax, index of the max, index of the maximum", "torch.argmax({x}{kw})"),
+    _red("argmin", "argmin, index of the min, index of the minimum", "torch.argmin({x}{kw})"),
     _red("var", "var, variance", "torch.var({x}{kw})", params={"dim": None, "correction": 1, "keepdim": False},
          note_param="correction",
          note="variance: unbiased (correction=1), PyTorch's default; say 'population' or 'biased' for correction=0"),
@@ -219,6 +222,13 @@ GATED = [
          ("a", "b")),
 ]
 
+PAIRS = [
+    Word("cosine_similarity", "pair", ("cosine similarity", "cos similarity"), "F.cosine_similarity({a}, {b}{kw})",
+         ("a", "b"), {"dim": -1, "eps": 1e-8}, explicit=("dim",), note="cosine similarity over the last dim"),
+    Word("pairwise_distance", "pair", ("pairwise distance", "euclidean distance"), "F.pairwise_distance({a}, {b})",
+         ("a", "b"), note="pairwise distance: the p=2 norm of a - b + 1e-6 per row (PyTorch's default)"),
+]
+
 MATMULS = [
     Word("matmul", "matmul", ("matmul", "gemm", "mm", "matrix multiply", "matrix multiplication",
                               "matrix product"), "{a} @ {b}", ("a", "b"),
@@ -231,7 +241,7 @@ MATMULS = [
          note="linear: x [M, K], weight [N, K], bias [N] (y = x @ weight.T + bias)"),
 ]
 
-WORDS: list[Word] = ACTIVATIONS + MATH + BINARY + REDUCTIONS + NORMS + SOFTMAX + LOSSES + GATED + MATMULS
+WORDS: list[Word] = ACTIVATIONS + MATH + BINARY + REDUCTIONS + NORMS + SOFTMAX + LOSSES + GATED + PAIRS + MATMULS
 BY_NAME: dict[str, Word] = {w.name: w for w in WORDS}
 
 # Words that name a parameter ("leaky relu with slope 0.2", "eps 1e-6"); the op must have it.
@@ -249,7 +259,8 @@ MODIFIERS: dict[str, tuple[str, Any]] = {
     "population": ("correction", 0), "biased": ("correction", 0), "uncorrected": ("correction", 0),
     "unbiased": ("correction", 1), "sample": ("correction", 1), "bessel corrected": ("correction", 1),
     "summed": ("reduction", "sum"), "sum reduction": ("reduction", "sum"), "no reduction": ("reduction", "none"),
-    "unreduced": ("reduction", "none"), "batchmean": ("reduction", "batchmean"),
+    "mean reduction": ("reduction", "mean"), "unreduced": ("reduction", "none"),
+    "batchmean": ("reduction", "batchmean"), "batchmean reduction": ("reduction", "batchmean"),
     "keepdim": ("keepdim", True), "keep dim": ("keepdim", True),
 }
 # dtype words for casts
@@ -328,3 +339,24 @@ def render(word: Word, operands: dict[str, str | None], params: dict[str, Any]) 
           if p not in placed and (p in params or p in word.explicit)]
     fill["kw"] = "".join(kw)
     return word.template.format(**fill)
+
+
+KIND_TITLES = {
+    "activation": "activations", "math": "pointwise math",
+    "binary": "binary (operand: a tensor, a new input or a constant)",
+    "reduction": "reductions (keepdim when an operand: \"subtract the row max\")", "norm": "norms",
+    "softmax": "softmax family", "loss": "losses", "gated": "gated (act(a) * b)", "pair": "two-tensor",
+    "matmul": "matmul family",
+}
+
+
+def markdown_table() -> str:
+    """The README's table of words (kept equal to this by a test)."""
+    rows = ["| kind | words (a few synonyms) |", "|---|---|"]
+    for kind, title in KIND_TITLES.items():
+        cells = []
+        for w in (w for w in WORDS if w.kind == kind):
+            syn = [p for p in w.phrases if p.replace(" ", "_") != w.name and p != w.name][:2]
+            cells.append(f"`{w.name}`" + (f" ({', '.join(syn)})" if syn else ""))
+        rows.append(f"| {title} | {'; '.join(cells)} |")
+    return "\n".join(rows)

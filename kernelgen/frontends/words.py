@@ -147,8 +147,17 @@ class Reader(OperandReader):
             it = cur.peek()
             if it.kind in ("filler", "join") or (it.kind == "article" and ahead.next_is_noun(cur)):
                 cur.take()
+            elif it.kind == "mod" and it.value[0] == "reduction" and it.value[1] in ("sum", "mean") and not any(
+                    x.kind == "op" and x.word.kind == "loss" for x in items):
+                cur.items[cur.i] = Item("op", it.text, word=BY_NAME[it.value[1]])  # "the sum reduction over dim 1"
             elif it.kind in ("mod", "dim", "drop") or it.text == "int8":
                 pending.append(cur.take())
+            elif it.text == "squared" and cur.peek(1) is not None and cur.peek(1).kind == "op" and \
+                    cur.peek(1).word.kind in ("activation", "math"):
+                cur.take()  # "squared relu" is relu(x) ** 2: the adjective applies to the op's result
+                steps.append(self.phrase(cur, pending, True))
+                steps.append(self._unary_step(BY_NAME["square"], {}, set(), None))
+                pending = []
             else:
                 steps.append(self.phrase(cur, pending, running is not None or bool(steps)))
                 pending = []
@@ -267,12 +276,15 @@ class Reader(OperandReader):
             raise ReadError(f"{word.name} with one bound: say which ('min 0', 'max 6') or give both")
         if word.name == "threshold" and len(params) < 2:
             raise ReadError("threshold needs two numbers: the threshold and the value below it")
-        if word.kind in ("gated", "matmul", "loss"):
+        if word.kind in ("gated", "matmul", "loss", "pair"):
             return self._multi_operand(cur, word, params, drops)
         operand: str | None = None
         pair = self.pairwise(cur, word) if ahead.operand_after_of(cur) else None
         if pair is not None:  # "sum of a and b", "max of x and 0"
             return Step(item.text, lambda v, pair=pair: self._pair_start(v, item.text, pair))
+        if cur.at("of") and ahead.only_fillers_after(cur):  # "applies softmax to the input": the input
+            while cur.at("of", "filler"):
+                cur.take()
         if cur.at("of") and ahead.operand_after_of(cur):
             cur.take()
             operand = self.expression(cur, stop_at_join=False)

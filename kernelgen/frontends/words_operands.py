@@ -314,6 +314,11 @@ class OperandReader(PairReader):
                 if it.kind == "filler" or (it.kind == "article" and nxt is not None and nxt.kind == "noun") or (
                         it.kind == "by" and parts and parts[-1] == "/"):
                     cur.take()
+                elif it.kind == "scale" and nxt is not None and nxt.kind in ("noun", "letter"):
+                    cur.take()  # "scaled logits": logits * scale
+                    last = len(parts)
+                    parts.append(f"{self.noun(cur.take())} * {self.noun(it)}")
+                    expect_operand = False
                 elif it.kind in ("noun", "letter", "scale", "article"):
                     last = len(parts)
                     parts.append(self.noun(cur.take()))
