@@ -251,6 +251,11 @@ class _Rewriter(ast.NodeTransformer):
         args = list(node.args)
         operands: dict[str, str | None] = {}
         params: dict[str, Any] = {}
+        from kernelgen.frontends.vocabulary import number_call
+
+        plain = number_call(word, [ast.unparse(a) for a in args])
+        if plain is not None and not node.keywords:  # sqrt(2): a number, not a tensor
+            return ast.parse(plain, mode="eval").body
         for name in word.operands:
             if args:
                 operands[name] = ast.unparse(args.pop(0))

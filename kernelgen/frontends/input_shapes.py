@@ -16,7 +16,8 @@ from kernelgen.spec import InputSpec
 SHAPES: dict[str, tuple[str, ...]] = {
     "rows": ("M", "N"), "rows4d": ("B", "H", "M", "N"), "feature": ("N",), "per_row": ("M",), "target": ("M",),
     "lhs": ("M", "K"), "rhs": ("K", "N"), "blhs": ("B", "M", "K"), "brhs": ("B", "K", "N"), "lin_x": ("M", "K"),
-    "lin_w": ("N", "K"), "int8": ("M", "N"), "mask": ("M", "N"), "prob": ("M", "N"),
+    "lin_w": ("N", "K"), "lhs_t": ("K", "M"), "rhs_t": ("N", "K"), "int8": ("M", "N"), "mask": ("M", "N"),
+    "prob": ("M", "N"),
 }
 DTYPE = {"target": "int64", "int8": "int8", "mask": "bool"}
 FILL = {"target": "index", "int8": "int8", "prob": "rand"}
@@ -65,6 +66,9 @@ def usage_roles(statements: list[ast.stmt], causal: bool = False) -> tuple[dict[
             if isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult):
                 put(node.left, "lhs")
                 put(node.right, "rhs")
+                for side, role in ((node.left, "lhs_t"), (node.right, "rhs_t")):  # a @ b.T: b is [N, K]
+                    if isinstance(side, ast.Attribute) and side.attr in ("T", "mT"):
+                        put(side.value, role)
             elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Tuple):
                 elts = node.slice.elts
                 if len(elts) == 2 and isinstance(elts[0], ast.Slice) and isinstance(elts[1], ast.Constant) \

@@ -57,7 +57,7 @@ FILLER = [
     "elementwise op", "in place", "followed", "one", "both", "using", "op that", "result of", "range",
     "the range", "interval", "two tensors", "two inputs", "the two", "together", "taking", "applying",
     "performs", "perform", "performing", "applies", "returns", "return", "simple", "model", "simple model",
-    "reduction", "computation",
+    "reduction", "computation", "to unit length", "to unit norm", "unit length",
 ]
 # "without weight": an optional operand of the op next to it becomes None
 DROPS: dict[str, tuple[str, ...]] = {
@@ -134,7 +134,6 @@ def _table() -> dict[tuple[str, ...], tuple[str, Any]]:
     for p in ("after", "after applying", "applied after"):
         put(p, "after", None)  # "relu after adding bias": the part after it runs first
     put("by", "by", None)  # only a binary op or "scale" may take it: a stray "by" is refused, never skipped
-    put("cubed", "op_cubed", None)
     put("per row scale", "scale_kind", "row")
     put("per column scale", "scale_kind", "col")
     put("per channel scale", "scale_kind", "col")

@@ -61,6 +61,8 @@ def operand_next(cur: Cursor, k: int = 0) -> bool:
     it = cur.peek(k)
     return it is not None and (it.kind in ("noun", "letter", "num", "scale", "article") or it.text in ("(", "-") or
                                (it.kind == "op" and it.word.kind in ("reduction",)) or
+                               (it.kind == "op" and it.word.kind in ("activation", "math", "softmax", "norm") and
+                                cur.peek(k + 1) is not None and cur.peek(k + 1).text in ("of", "(")) or
                                (it.kind == "dim" and cur.peek(k + 1) is not None and cur.peek(k + 1).kind == "op"))
 
 

@@ -186,6 +186,8 @@ def _from_words(request: str) -> Reference:
         words = reader.read(items)
     except ReadError as exc:
         raise ComposeError(f"cannot read {request.strip()!r}: {exc}") from None
+    except Exception as exc:  # a bug in the reader must refuse the request, never crash the run
+        raise ComposeError(f"internal error reading {request.strip()!r}: {type(exc).__name__}: {exc}") from None
     if not words.statements:
         raise ComposeError(f"cannot read {request.strip()!r}: no op found")
     text = "\n".join(words.statements) + "\n(" + ", ".join(words.outputs) + ",)"

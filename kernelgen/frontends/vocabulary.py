@@ -100,6 +100,7 @@ MATH = [
     _math("sqrt", "sqrt, square root", "torch.sqrt({x})", positive=True),
     _math("rsqrt", "rsqrt, reciprocal square root, inverse square root", "torch.rsqrt({x})", positive=True),
     _math("square", "square, squared, squares", "torch.square({x})"),
+    _math("cube", "cube, cubed", "torch.pow({x}, 3)"),
     _math("abs", "abs, absolute value, absolute, magnitude", "torch.abs({x})"),
     _math("neg", "neg, negate, negation, negative", "torch.neg({x})"),
     _math("reciprocal", "reciprocal, inverse, one over", "torch.reciprocal({x})", positive=True),
@@ -208,7 +209,7 @@ LOSSES = [
                "default, which averages over every element; say 'batchmean' for the per-row mean)"),
     _loss("binary_cross_entropy", "binary cross entropy, bce, bce loss", "F.binary_cross_entropy({p}, {target}{kw})",
           ("p", "target")),
-    _loss("bce_with_logits", "bce with logits, binary cross entropy with logits",
+    _loss("bce_with_logits", "bce with logits, binary cross entropy with logits, bce loss with logits",
           "F.binary_cross_entropy_with_logits({logits}, {target}{kw})", ("logits", "target")),
 ]
 
@@ -254,6 +255,7 @@ PARAM_WORDS: dict[str, str] = {
 # Modifiers that set a parameter of the op next to them.
 MODIFIERS: dict[str, tuple[str, Any]] = {
     "tanh approximation": ("approximate", "tanh"), "tanh approximate": ("approximate", "tanh"),
+    "approximated with tanh": ("approximate", "tanh"), "tanh approximated": ("approximate", "tanh"),
     "tanh approx": ("approximate", "tanh"), "approximate": ("approximate", "tanh"),
     "exact": ("approximate", "none"), "erf": ("approximate", "none"),
     "population": ("correction", 0), "biased": ("correction", 0), "uncorrected": ("correction", 0),
@@ -297,6 +299,22 @@ def table() -> list[dict[str, Any]]:
     """The vocabulary as rows (README table, `kernelgen compose --vocabulary`): kind, name, words, snippet."""
     return [{"kind": w.kind, "name": w.name, "words": list(w.phrases), "snippet": w.template,
              "params": dict(w.params), "numbers": list(w.numbers)} for w in WORDS]
+
+
+# Functions that, given a plain number ("sqrt(2)", "the square root of 64"), are Python's math functions:
+# torch.sqrt takes tensors only.
+MATH_OF_NUMBER = {"sqrt", "exp", "log", "log2", "tanh", "erf", "sin", "cos"}
+
+
+def number_call(word: Word, args: list[str]) -> str | None:
+    """`math.sqrt(2.0)` when the word is a math function applied to one number, else None."""
+    if word.name not in MATH_OF_NUMBER or len(args) != 1:
+        return None
+    try:
+        float(args[0])
+    except ValueError:
+        return None
+    return f"math.{word.name}({args[0]})"
 
 
 class Src(str):

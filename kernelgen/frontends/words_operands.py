@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kernelgen.frontends.lexicon_words import Item
-from kernelgen.frontends.vocabulary import PARAM_WORDS, Src, Word, render
+from kernelgen.frontends.vocabulary import PARAM_WORDS, Src, Word, number_call, render
 
 UNARY_KINDS = ("activation", "math", "norm", "softmax", "reduction")
 GATED_BASE = {"swiglu": "silu", "geglu": "gelu", "reglu": "relu"}
@@ -290,6 +290,9 @@ class OperandReader(PairReader):
             return lambda v: render(word, {"x": v}, params)
         if pending:
             raise ReadError(f"{pending[0].text!r} does not apply to {it.text!r}")
+        if it.kind == "op" and it.word.kind in UNARY_KINDS and cur.peek(1) is not None and \
+                cur.peek(1).text in ("of", "("):
+            return self._call(cur)  # "divide by the square root of 64", "multiply by sigmoid(b)"
         if it.kind == "num":
             cur.take()
             return repr(it.value)
@@ -352,9 +355,9 @@ class OperandReader(PairReader):
                 cur.take()
                 parts.append(ARITH[it.word.name])
                 expect_operand = True
-            elif it.kind == "op" and it.word.name == "square":
-                cur.take()
-                parts[last:] = [f"torch.square({' '.join(parts[last:])})"]
+            elif it.kind == "op" and it.word.name in ("square", "cube") and it.text.endswith("ed"):
+                cur.take()  # "x squared", "(a - b) squared", "x cubed"
+                parts[last:] = [render(it.word, {"x": " ".join(parts[last:])}, {})]
             elif it.kind == "param" and it.value == "exponent" and _number(nxt):
                 cur.take()
                 parts += ["**", repr(cur.take().value)]
@@ -396,6 +399,9 @@ class OperandReader(PairReader):
             raise ReadError(f"{item.text!r} inside an expression needs 'of' or parentheses: {item.text}(...)")
         if len(args) > len(word.operands):
             raise ReadError(f"{word.name} takes {len(word.operands)} operand(s), got {len(args)}")
+        plain = number_call(word, args)
+        if plain is not None:  # "the square root of 64"
+            return plain
         ops: dict[str, str | None] = dict(zip(word.operands, args))
         for extra in word.operands[len(args):]:
             ops[extra] = None if (extra in drops or extra in word.optional and word.kind != "norm") else \
