@@ -3,7 +3,7 @@ operand, an article used as the name a, an expression)."""
 
 from __future__ import annotations
 
-from kernelgen.frontends.words_operands import Cursor, article_is_operand
+from kernelgen.frontends.words_cursor import Cursor, article_is_operand
 
 OPERAND_KINDS = ("noun", "letter", "num", "scale", "article")
 

@@ -21,7 +21,7 @@ from kernelgen.frontends.lexicon_words import known_phrases, tokenize
 from kernelgen.frontends.reference import Reference
 from kernelgen.frontends.vocabulary import Word, callable_names, render
 from kernelgen.frontends.words import Reader
-from kernelgen.frontends.words_operands import ReadError
+from kernelgen.frontends.words_cursor import ReadError
 from kernelgen.spec import NAME_RE, InputSpec
 
 MAX_SUGGESTIONS = 6

@@ -16,14 +16,15 @@ How a request is read (README, "How a request is read"):
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from kernelgen.frontends import lookahead as ahead
 from kernelgen.frontends.lexicon_words import Item
 from kernelgen.frontends.vocabulary import BY_NAME, Src, Word, render
-from kernelgen.frontends.words_operands import Cursor, OperandReader, ReadError
+from kernelgen.frontends.words_cursor import Cursor, ReadError, Step
+from kernelgen.frontends.words_multi import MultiReader, word_note
+from kernelgen.frontends.words_operands import OperandReader
 
 PRE_OPS = ("residual", "bias", "scale", "causal_mask")  # may be written after the norm / softmax they feed
 ROW_OPS = ("norm", "softmax")
@@ -38,15 +39,6 @@ class Decl:
 
 
 @dataclass
-class Step:
-    label: str
-    apply: Callable[[str | None], str]
-    pre: str = ""  # one of PRE_OPS: a residual add feeding a norm is returned too
-    row_op: bool = False
-    movable: bool = False  # a noun ("+ residual", "with scale", "a causal mask") that feeds a preceding row op
-
-
-@dataclass
 class Program:
     statements: list[str]
     outputs: list[str]
@@ -56,7 +48,7 @@ class Program:
 
 
 @dataclass
-class Reader(OperandReader):
+class Reader(OperandReader, MultiReader):
     statements: list[str] = field(default_factory=list)
     decls: dict[str, Decl] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -327,7 +319,7 @@ class Reader(OperandReader):
             if word.kind == "reduction" and "dim" not in params and word.params.get("dim", -1) is None:
                 self.note(f"{word.name}: over every element (PyTorch's default); say 'over the last dim' or "
                           "'per row' for rows")
-            self.note(_word_note(word, params))
+            self.note(word_note(word, params))
             self.name_parts.append(word.name)
             out = self.emit(render(word, ops, params))
             if word.kind == "reduction" and params.get("dim", word.params.get("dim")) is None:
@@ -358,79 +350,3 @@ class Reader(OperandReader):
             return self.emit(render(word, {"x": x, "y": y}, {}))
 
         return Step(pre or word.name, apply, pre)
-
-    def _multi_operand(self, cur: Cursor, word: Word, params: dict[str, Any], drops: set[str]) -> Step:
-        named: list[Item] = []
-        introduced = cur.at("of", text=("between", "from"))  # "matmul of a and b", "loss from logits and ..."
-        if introduced:
-            cur.take()
-        elif cur.at("letter") or ahead.article_operand(cur):  # "matrix multiply a and b" (letters only:
-            introduced = True  # "matmul bias relu" adds a bias)
-        while introduced and cur.peek() is not None and (cur.at("noun", "letter") or (
-                cur.at("article", "filler", "join") and ahead.noun_ahead(cur)) or ahead.article_operand(cur)):
-            it = cur.take()
-            if it.kind in ("noun", "letter") or ahead.article_operand(cur, back=1):
-                named.append(it)
-        roles = {"matmul": ("lhs", "rhs"), "bmm": ("blhs", "brhs"), "linear": ("lin_x", "lin_w", "feature")}
-
-        def apply(v: str | None) -> str:
-            if v is not None:
-                raise ReadError(f"{word.name} takes its own inputs; write it first or use a formula")
-            ops: dict[str, str | None] = {}
-            for k, o in enumerate(word.operands):
-                if o in drops:
-                    ops[o] = None
-                    continue
-                role = roles.get(word.name, ("rows",) * 3)[k] if word.kind == "matmul" else "rows"
-                if k < len(named):
-                    nm = named[k].value[0] if named[k].kind == "noun" else named[k].text
-                else:
-                    nm = o
-                if word.kind == "loss" and o == "target" and word.name in ("cross_entropy", "nll_loss"):
-                    self.declare(nm, "target", fill="index")
-                elif word.kind == "loss" and (o == "target" or o == "p"):
-                    self.declare(nm, "rows", fill="rand")
-                else:
-                    self.declare(nm, role)
-                ops[o] = nm
-            self.note(_word_note(word, params))
-            self.name_parts.append(word.name)
-            return self.emit(render(word, ops, params))
-
-        return Step(word.name, apply)
-
-    def dequantize(self, cur: Cursor, pending: list[Item]) -> Step:
-        cur.take()
-        kind = "tensor"
-        found = False
-        for it in pending:
-            if it.kind == "dim":
-                kind, found = {-1: "row", 0: "col"}.get(it.value, "tensor"), True
-        while cur.at("int8", "join", "filler", "scale_kind", "dim", "scale", "article"):
-            it = cur.take()
-            if it.kind == "scale_kind":
-                kind, found = it.value, True
-            elif it.kind == "dim":
-                kind, found = {-1: "row", 0: "col"}.get(it.value, "tensor"), True
-        if not found:
-            self.note("dequantize: one scale for the whole tensor (say 'per-row' or 'per-column' for others)")
-
-        def apply(v: str | None) -> str:
-            x = v or self.declare("x", "int8", fill="int8")
-            if kind == "row":
-                scale = self.declare("scale", "per_row") + "[:, None]"
-            elif kind == "col":
-                scale = self.declare("scale", "feature")
-            else:
-                scale = self.declare("scale", "scalar", 0.05)
-            self.note("dequantize: x int8 [M, N] to float32, times the scale")
-            self.name_parts.append("dequantize_int8")
-            return self.emit(f"{x}.float() * {scale}")
-
-        return Step("dequantize", apply)
-
-
-
-def _word_note(word: Word, params: dict[str, Any]) -> str:
-    """The word's convention note, unless the text set the parameter the note is about."""
-    return "" if word.note_param and word.note_param in params else word.note
