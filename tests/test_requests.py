@@ -222,6 +222,7 @@ CASES = [
     ("gelu tanh", lambda x: F.gelu(x, approximate="tanh")),
     ("clamp max 6", lambda x: x.clamp(max=6)),
     ("relu(x) then add 1", lambda x: F.relu(x) + 1),
+    ("gated gelu", lambda a, b: F.gelu(a) * b),
     ("y = min(x, 0)", lambda x: x.clamp(max=0)),  # Python's min of two values is elementwise
     ("y = exp(x - max(x))", lambda x: torch.exp(x - x.max())),  # and of one tensor, its largest element
     ("layer norm then add bias", lambda x, weight, ln_bias, bias: ln(x, weight, ln_bias) + bias),
@@ -391,6 +392,9 @@ REFUSED = [
     "cast",
     "relu then dropout",
     "gelu then dropout",
+    "masked softmax",  # which mask? never a plain softmax
+    "add one",  # not x + y
+    "relu gating",
     "rotary embedding",
     "y = __import__('os').system('ls')",
     "y = open('f').read()",

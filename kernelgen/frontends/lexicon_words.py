@@ -33,7 +33,7 @@ LETTERS = set("abcdefghijklmnopqrstuvwxyz") - {"a"}  # "a" is an article unless 
 
 SEQ = ["then", "followed by", "->", "and then", "after that", "afterwards", "next", "finally", "and finally",
        ";", ", then", "=>", "before"]
-JOIN = ["and", "+", "with", "&", ",", "plus a", "together with"]
+JOIN = ["and", "+", "with", "&", ",", "together with"]
 OF = ["of", "applied to", "on", "to", "over"]
 # dim phrases -> the dim they select (None: every element; "last3" etc. say how many trailing dims)
 DIMS: dict[str, Any] = {
@@ -52,9 +52,9 @@ FILLER = [
     "the", "an", "fused", "fuse", "fusion", "kernel", "op", "operation", "compute", "computes", "computing",
     "apply", "applies", "applying", "please", "function", "activation", "elementwise", "element wise",
     "pointwise", "tensor", "tensors", "input", "inputs", "output", "result", "that", "which", "its", "it",
-    "gating", "gated", "loss", "from", "integer", "class", "is", "do", "take", "takes",
-    "masked", "layer", "connection", "calculate", "calculates", "get", "give", "me", "learned", "learnable",
-    "elementwise op", "in place", "followed", "one", "both", "using", "op that", "result of", "range",
+    "loss", "from", "integer", "class", "is", "do", "take", "takes",
+    "layer", "connection", "calculate", "calculates", "get", "give", "me", "learned", "learnable",
+    "elementwise op", "in place", "followed", "using", "op that", "result of", "range",
     "the range", "interval", "two tensors", "two inputs", "the two", "together", "taking", "applying",
     "performs", "perform", "performing", "applies", "returns", "return", "simple", "model", "simple model",
     "reduction", "computation", "to unit length", "to unit norm", "unit length",

@@ -25,6 +25,8 @@ from kernelgen.frontends.words_cursor import ReadError
 from kernelgen.spec import NAME_RE, InputSpec
 
 MAX_SUGGESTIONS = 6
+# words that only describe a formula that follows them ("sigmoid gating a*sigmoid(b)"); alone they are refused
+LABEL_ONLY = {"gating", "gated", "gate", "fma"}
 OPERATOR_WORDS = {"add": ast.Add, "sub": ast.Sub, "mul": ast.Mult, "div": ast.Div}
 
 
@@ -113,7 +115,7 @@ def _ends_with_of(words: str) -> bool:
 def _label_notes(words: str, formula: str) -> list[str]:
     """Words before a formula must name it: each op word is in the formula ("sigmoid gating a*sigmoid(b)",
     "fused multiply add a*b+c") or, alone, computes it ("swish x * sigmoid(x)")."""
-    items = tokenize(words)
+    items = [it for it in tokenize(words) if it.text not in LABEL_ONLY]
     _refuse_unknown(words, items)
     try:
         program = parse_program(formula)

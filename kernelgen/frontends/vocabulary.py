@@ -116,7 +116,7 @@ MATH = [
     _math("pow", "pow, power, raise, raised", "torch.pow({x}, {exponent})", params={"exponent": None},
           numbers=("exponent",)),
     _math("cast", "cast, convert", "{x}.to({dtype})", params={"dtype": None}),
-    _math("causal_mask", "causal mask, causal masking, causally masked, causal",
+    _math("causal_mask", "causal mask, causal masked, causal masking, causally masked, causal",
           "{x}.masked_fill(torch.arange({x}.shape[-1], device={x}.device) > "
           "torch.arange({x}.shape[-2], device={x}.device)[:, None] + ({x}.shape[-1] - {x}.shape[-2]), "
           "-math.inf)",
@@ -214,13 +214,15 @@ LOSSES = [
 ]
 
 GATED = [
-    Word("swiglu", "gated", ("swiglu", "silu and mul", "silu mul", "silu and multiply", "swish and mul"),
+    Word("swiglu", "gated", ("swiglu", "silu and mul", "silu mul", "silu and multiply", "swish and mul", "gated silu",
+                             "gated swish"),
          "F.silu({a}) * {b}", ("a", "b")),
-    Word("geglu", "gated", ("geglu", "gelu and mul", "gelu mul", "gelu and multiply"), "F.gelu({a}{kw}) * {b}",
+    Word("geglu", "gated", ("geglu", "gelu and mul", "gelu mul", "gelu and multiply", "gated gelu"),
+         "F.gelu({a}{kw}) * {b}",
          ("a", "b"), {"approximate": "none"}, note_param="approximate",
          note="geglu: exact gelu, PyTorch's default; say 'tanh approximation' for approximate='tanh'"),
-    Word("reglu", "gated", ("reglu", "relu and mul", "relu mul", "relu and multiply"), "F.relu({a}) * {b}",
-         ("a", "b")),
+    Word("reglu", "gated", ("reglu", "relu and mul", "relu mul", "relu and multiply", "gated relu"),
+         "F.relu({a}) * {b}", ("a", "b")),
 ]
 
 PAIRS = [
