@@ -223,6 +223,9 @@ CASES = [
     ("clamp max 6", lambda x: x.clamp(max=6)),
     ("relu(x) then add 1", lambda x: F.relu(x) + 1),
     ("gated gelu", lambda a, b: F.gelu(a) * b),
+    ("silu and mul with the input split in halves", lambda x: F.silu(x[:, : x.shape[1] // 2]) * x[:, x.shape[1] // 2:]),
+    ("swiglu on one input split in half", lambda x: F.silu(x[:, : x.shape[1] // 2]) * x[:, x.shape[1] // 2:]),
+    ("a, b = x.chunk(2, -1); y = silu(a) * b", lambda x: F.silu(x.chunk(2, -1)[0]) * x.chunk(2, -1)[1]),
     ("y = min(x, 0)", lambda x: x.clamp(max=0)),  # Python's min of two values is elementwise
     ("y = exp(x - max(x))", lambda x: torch.exp(x - x.max())),  # and of one tensor, its largest element
     ("layer norm then add bias", lambda x, weight, ln_bias, bias: ln(x, weight, ln_bias) + bias),

@@ -57,7 +57,7 @@ FILLER = [
     "elementwise op", "in place", "followed", "using", "op that", "result of", "range",
     "the range", "interval", "two tensors", "two inputs", "the two", "together", "taking", "applying",
     "performs", "perform", "performing", "applies", "returns", "return", "simple", "model", "simple model",
-    "reduction", "computation", "to unit length", "to unit norm", "unit length",
+    "reduction", "computation", "to unit length", "to unit norm", "unit length", "one input", "single input",
 ]
 # "without weight": an optional operand of the op next to it becomes None
 DROPS: dict[str, tuple[str, ...]] = {
@@ -134,6 +134,9 @@ def _table() -> dict[tuple[str, ...], tuple[str, Any]]:
     for p in ("after", "after applying", "applied after"):
         put(p, "after", None)  # "relu after adding bias": the part after it runs first
     put("by", "by", None)  # only a binary op or "scale" may take it: a stray "by" is refused, never skipped
+    for p in ("split in halves", "split in half", "split into halves", "split into two halves", "halves",
+              "split along the last dim", "chunked in two"):
+        put(p, "split", None)  # a gated word on one input: its last dim split in halves
     put("per row scale", "scale_kind", "row")
     put("per column scale", "scale_kind", "col")
     put("per channel scale", "scale_kind", "col")

@@ -105,3 +105,11 @@ def only_fillers_after(cur: Cursor) -> bool:
         k += 1
     nxt = cur.peek(k)
     return k > 1 and (nxt is None or nxt.kind in ("seq", "after", "join"))
+
+
+def split_follows(cur: Cursor) -> bool:
+    """'split in halves' after a gated word, past fillers, joins and 'on'/'of' words."""
+    k = 0
+    while cur.peek(k) is not None and cur.peek(k).kind in ("filler", "join", "of", "article"):
+        k += 1
+    return cur.peek(k) is not None and cur.peek(k).kind == "split"

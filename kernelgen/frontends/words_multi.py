@@ -16,6 +16,11 @@ class MultiReader:
     """Mixin of the words reader: needs `declare`, `note`, `emit` and `name_parts`."""
 
     def _multi_operand(self, cur: Cursor, word: Word, params: dict[str, Any], drops: set[str]) -> Step:
+        if word.kind == "gated" and ahead.split_follows(cur):  # "silu and mul on one input split in halves"
+            while not cur.at("split"):
+                cur.take()
+            cur.take()
+            return Step(word.name, lambda v: self._split_gated(v, word, params))
         named: list[Item] = []
         introduced = cur.at("of", text=("between", "from"))  # "matmul of a and b", "loss from logits and ..."
         if introduced:
@@ -54,6 +59,15 @@ class MultiReader:
             return self.emit(render(word, ops, params))
 
         return Step(word.name, apply)
+
+    def _split_gated(self, v: str | None, word: Word, params: dict[str, Any]) -> str:
+        """act(x1) * x2 with x1, x2 the two halves of the last dim of one input x [M, N] (N even)."""
+        x = v or self.declare("x", "rows")
+        half = f"{x}.shape[-1] // 2"
+        self.note(f"{word.name} on one input: its last dim split in halves, act(x[..., :N/2]) * x[..., N/2:]")
+        self.note(word_note(word, params))
+        self.name_parts.append(word.name)
+        return self.emit(render(word, {"a": f"{x}[..., :{half}]", "b": f"{x}[..., {half}:]"}, params))
 
     def dequantize(self, cur: Cursor, pending: list[Item]) -> Step:
         cur.take()
