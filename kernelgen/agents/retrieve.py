@@ -51,8 +51,9 @@ def retrieve(state: dict) -> dict:
                                    "thing") + " (its reference gives the same outputs on random inputs)"}
         emit("retrieve", f"reusing {out['reuse']['name']}: {out['reuse']['reason']}", "green")
     elif existing:
-        emit("retrieve", f"an op named {existing['name']!r} is in the library but computes something else; "
-                         "the new op gets another name at merge", "yellow")
+        why = "is broken" if existing["broken"] else "computes something else"
+        emit("retrieve", f"an op named {existing['name']!r} is in the library but {why}; the new op gets another "
+                         "name at merge (or replaces it with --replace)", "yellow")
     return out
 
 
