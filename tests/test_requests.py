@@ -367,6 +367,29 @@ CASES = [
     ("relu on a + b", lambda a, b: F.relu(a + b)),
     ("silu-and-mul", lambda a, b: F.silu(a) * b),
     ("compute y = x * sigmoid(1.702 * x)", lambda x: x * torch.sigmoid(1.702 * x)),
+    # a fifth batch of 20 written before running it (first run: 12 correct, 6 refused, 2 wrong: "fused add and
+    # rms norm" added a + b and returned no residual, "add bias and residual then gelu" left out x; the plain
+    # add next to a norm is now the residual add, and 'and' after a noun adds both to the input)
+    ("fused add and rms norm", lambda x, residual, weight: (rms(x + residual, weight), x + residual)),
+    ("softmax with temperature", lambda x, temperature: torch.softmax(x / temperature, -1)),
+    ("logits divided by temperature then log softmax",
+     lambda logits, temperature: torch.log_softmax(logits / temperature, -1)),
+    ("relu then square then mean over the last dim", lambda x: (F.relu(x) ** 2).mean(-1)),
+    ("x + y then layernorm with eps 1e-6", lambda x, y, weight, ln_bias: ln(x + y, weight, ln_bias, 1e-6)),
+    ("per-row max subtracted from x then exp", lambda x: torch.exp(x - x.amax(-1, keepdim=True))),
+    ("gelu of the bias added input", lambda x, bias: F.gelu(x + bias)),
+    ("add bias and residual then gelu", lambda x, bias, residual: F.gelu(x + bias + residual)),
+    ("multiply x by the sigmoid of y", lambda x, y: x * torch.sigmoid(y)),
+    ("silu of a, times b", lambda a, b: F.silu(a) * b),
+    ("elementwise minimum of a and b", lambda a, b: torch.minimum(a, b)),
+    ("softmax then take the max of each row", lambda x: torch.softmax(x, -1).amax(-1)),
+    ("scale by 1/sqrt(64) then softmax", lambda x: torch.softmax(x / 8, -1)),
+    ("dequantize int8 with per-column scale", lambda x, scale: x.float() * scale),
+    ("cast to bf16 after relu", lambda x: F.relu(x).to(torch.bfloat16)),
+    ("rms norm without weight then multiply by 2", lambda x: rms(x) * 2),
+    ("log(sigmoid(x))", lambda x: F.logsigmoid(x)),
+    ("exp of x then divide by its row sum", lambda x: torch.exp(x) / torch.exp(x).sum(-1, keepdim=True)),
+    ("sum of x over the last two dims", lambda x: x.sum((-2, -1))),
     # requests a person may write that the reader does not handle yet: they must be refused, never misread
     ("divide each row by its sum", lambda x: x / x.sum(-1, keepdim=True)),
     ("sum of a and b then relu", lambda a, b: F.relu(a + b)),
@@ -396,6 +419,7 @@ REFUSED = [
     "relu then dropout",
     "gelu then dropout",
     "masked softmax",  # which mask? never a plain softmax
+    "y = (x - mean) / sqrt(var + eps)",  # mean and var are words here, not inputs: refused, not guessed
     "add one",  # not x + y
     "relu gating",
     "rotary embedding",

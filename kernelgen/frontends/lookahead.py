@@ -23,9 +23,11 @@ def next_is_noun(cur: Cursor) -> bool:
         nxt.kind == "op" and nxt.word.kind != "binary"))
 
 
-def second_operand_next(cur: Cursor) -> bool:
+def second_operand_next(cur: Cursor, allow_and: bool = True) -> bool:
+    """'by', 'with', 'and', 'to', 'from' and a second operand: "divide x by 2", "add a and b". Not 'and' after
+    a noun: "add bias and residual" adds both to the input."""
     it = cur.peek()
-    if it is None or it.text not in ("by", "with", "and", "to", "from"):
+    if it is None or it.text not in ("by", "with", "and", "to", "from") or (it.text == "and" and not allow_and):
         return False
     k = 1
     while cur.peek(k) is not None and (cur.peek(k).kind == "filler" or (
@@ -113,3 +115,12 @@ def split_follows(cur: Cursor) -> bool:
     while cur.peek(k) is not None and cur.peek(k).kind in ("filler", "join", "of", "article"):
         k += 1
     return cur.peek(k) is not None and cur.peek(k).kind == "split"
+
+
+def norm_follows(cur: Cursor) -> bool:
+    """The next op of the step, past joins and fillers, is a norm ("add and rms norm", "add + layernorm")."""
+    k = 0
+    while cur.peek(k) is not None and cur.peek(k).kind in ("join", "filler"):
+        k += 1
+    it = cur.peek(k)
+    return it is not None and it.kind == "op" and it.word.kind == "norm"

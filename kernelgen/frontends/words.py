@@ -246,7 +246,13 @@ class Reader(OperandReader, MultiReader):
             operand = self.operand(cur) if ahead.operand_next(cur) else None
             if pending:
                 raise ReadError(f"{pending[0].text!r} does not apply to {item.text!r}")
-            if isinstance(operand, str) and ahead.second_operand_next(cur):
+            if operand is None and word.name == "add" and ahead.norm_follows(cur):
+                # "fused add and rms norm": the residual add of a pre-norm block (returned too)
+                self.note("'add' next to a norm is the residual add: h = x + residual")
+                step = self._binary_step(word, self.declare("residual", "rows"), "residual")
+                return step
+            first_is_name = cur.i > 0 and cur.items[cur.i - 1].kind in ("letter", "article", "num", "sym")
+            if isinstance(operand, str) and ahead.second_operand_next(cur, allow_and=first_is_name):
                 # "divide x by the row sum", "multiply x by sigmoid of x", "add a and b", "subtract 1 from x"
                 link = cur.take().text
                 while cur.at("filler") or (cur.at("article") and not ahead.article_operand(cur)):
