@@ -223,6 +223,7 @@ CASES = [
     ("clamp max 6", lambda x: x.clamp(max=6)),
     ("relu(x) then add 1", lambda x: F.relu(x) + 1),
     ("gated gelu", lambda a, b: F.gelu(a) * b),
+    ("add one", lambda x: x + 1),
     ("silu and mul with the input split in halves", lambda x: F.silu(x[:, : x.shape[1] // 2]) * x[:, x.shape[1] // 2:]),
     ("swiglu on one input split in half", lambda x: F.silu(x[:, : x.shape[1] // 2]) * x[:, x.shape[1] // 2:]),
     ("a, b = x.chunk(2, -1); y = silu(a) * b", lambda x: F.silu(x.chunk(2, -1)[0]) * x.chunk(2, -1)[1]),
@@ -390,6 +391,28 @@ CASES = [
     ("log(sigmoid(x))", lambda x: F.logsigmoid(x)),
     ("exp of x then divide by its row sum", lambda x: torch.exp(x) / torch.exp(x).sum(-1, keepdim=True)),
     ("sum of x over the last two dims", lambda x: x.sum((-2, -1))),
+    # a sixth batch of 20 written before running it (first run: 12 correct, 5 refused, 1 misread: "a squared
+    # plus b squared" took 'a' for an article; and one expectation of ours was wrong: "scale by temperature"
+    # multiplies)
+    ("relu then add residual", lambda x, residual: F.relu(x) + residual),
+    ("softmax of x plus mask", lambda x, mask: torch.softmax(x + mask, -1)),
+    ("tanh(a) * sigmoid(b)", lambda a, b: torch.tanh(a) * torch.sigmoid(b)),
+    ("sigmoid of the difference of a and b", lambda a, b: torch.sigmoid(a - b)),
+    ("mish then add bias", lambda x, bias: F.mish(x) + bias),
+    ("multiply by scale then clamp to [-5, 5]", lambda x, scale: (x * scale).clamp(-5, 5)),
+    ("average over all elements", lambda x: x.mean()),
+    ("exp minus one", lambda x: torch.expm1(x)),
+    ("l2 normalize then scale by temperature", lambda x, temperature: F.normalize(x, dim=-1) * temperature),
+    ("apply gelu, then add residual, then layer norm",
+     lambda x, residual, weight, ln_bias: ln(F.gelu(x) + residual, weight, ln_bias)),
+    ("hardswish of x divided by 6", lambda x: F.hardswish(x / 6)),
+    ("1 - sigmoid(x)", lambda x: 1 - torch.sigmoid(x)),
+    ("log1p of abs x", lambda x: torch.log1p(x.abs())),
+    ("max(x, 0) + min(x, 0) * 0.1", lambda x: x.clamp_min(0) + x.clamp_max(0) * 0.1),
+    ("softmax along dim -2", lambda x: torch.softmax(x, -2)),
+    ("std of each column", lambda x: x.std(0)),
+    ("a squared plus b squared", lambda a, b: a * a + b * b),
+    ("silu of x times sigmoid of y", lambda x, y: F.silu(x * torch.sigmoid(y))),
     # requests a person may write that the reader does not handle yet: they must be refused, never misread
     ("divide each row by its sum", lambda x: x / x.sum(-1, keepdim=True)),
     ("sum of a and b then relu", lambda a, b: F.relu(a + b)),
@@ -419,8 +442,8 @@ REFUSED = [
     "relu then dropout",
     "gelu then dropout",
     "masked softmax",  # which mask? never a plain softmax
+    "rmsnorm then swiglu",  # which halves does swiglu gate? refused, not guessed
     "y = (x - mean) / sqrt(var + eps)",  # mean and var are words here, not inputs: refused, not guessed
-    "add one",  # not x + y
     "relu gating",
     "rotary embedding",
     "y = __import__('os').system('ls')",

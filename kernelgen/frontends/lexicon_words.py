@@ -69,6 +69,7 @@ DROPS: dict[str, tuple[str, ...]] = {
     "without parameters": ("weight", "bias"),
     "without weight and bias": ("weight", "bias"), "no weight or bias": ("weight", "bias"),
 }
+NUMBER_WORDS = {"zero": 0.0, "one": 1.0, "two": 2.0, "three": 3.0, "four": 4.0, "ten": 10.0}
 SYMBOLS = {"+", "-", "*", "/", "@", "**", "(", ")", "[", "]", ",", ";", "->", "=", "=>"}
 
 NUMBER_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$")
@@ -189,7 +190,9 @@ def tokenize(request: str) -> list[Item]:
                 i += n
                 break
         else:
-            if tok in SYMBOLS:
+            if tok in NUMBER_WORDS:
+                items.append(Item("num", tok, value=NUMBER_WORDS[tok], pos=i))
+            elif tok in SYMBOLS:
                 items.append(Item("sym", tok, pos=i))
             elif tok == "a":
                 items.append(Item("article", tok, pos=i))

@@ -19,6 +19,8 @@ def is_number(src: str) -> bool:
 def next_is_noun(cur: Cursor) -> bool:
     """Whether an 'a' at the cursor is an article ("a gate tensor", "a causal mask"), not the operand a."""
     nxt = cur.peek(1)
+    if nxt is not None and nxt.kind == "op" and nxt.text in ("squared", "cubed"):
+        return False  # "a squared plus b squared": the operand a
     return nxt is not None and (nxt.kind in ("noun", "filler", "scale", "dequantize") or (
         nxt.kind == "op" and nxt.word.kind != "binary"))
 
