@@ -53,14 +53,19 @@ def list_ops(
     whether `kernelgen.enable()` switches it on there."""
     from kernelgen.aten import policy_allows
     from kernelgen.backends import get_backend
-    from kernelgen.library import discover, op_status
+    from kernelgen.library import builtin_library, discover, library_of, op_status, shadowed
 
     names = _backend_names(backend)
     backends = {b: get_backend(b) for b in names}
+    hidden = shadowed(library)
+    builtin = builtin_library().resolve()
     rows = []
     for op in discover(library):
+        root = library_of(op.path).resolve()
         row = {
             "name": op.name,
+            "library": "built-in" if root == builtin else str(root),  # where kernelgen.ops.<name> comes from
+            "shadows": [str(p) for p in hidden.get(op.name, [])],  # same-named ops it hides (hand-made libraries)
             "path": str(op.path),
             "aten": [a.overload for a in op.spec.aten] if op.spec else [],
             "broken": op.broken,
@@ -77,12 +82,14 @@ def list_ops(
         return
     table = Table(title=f"kernelgen library ({len(rows)} ops)")
     table.add_column("op", style="bold")
+    table.add_column("library")
     table.add_column("overrides")
     for b in names:
         table.add_column(b)
     for row in rows:
         if row["broken"]:
-            table.add_row(row["name"], "", *[f"[bold red]broken[/]: {row['reason']}"] + [""] * (len(names) - 1))
+            table.add_row(row["name"], row["library"], "",
+                          *[f"[bold red]broken[/]: {row['reason']}"] + [""] * (len(names) - 1))
             continue
         cells = []
         for b in names:
@@ -95,7 +102,8 @@ def list_ops(
             elif st["enable"]["by_size"]:
                 text += " [yellow]by_size[/]"  # on with enable(by_size=True), for large inputs
             cells.append(text)
-        table.add_row(row["name"], ", ".join(row["aten"]) or "-", *cells)
+        lib = row["library"] + (f" [yellow](hides {len(row['shadows'])})[/]" if row["shadows"] else "")
+        table.add_row(row["name"], lib, ", ".join(row["aten"]) or "-", *cells)
     console.print(table)
     console.print("[green]on[/]: switched on by kernelgen.enable(); [yellow]by_size[/]: by "
                   "kernelgen.enable(by_size=True), for large inputs only", highlight=False)
@@ -282,6 +290,14 @@ def new_op(
         "candidates": candidates, "rounds": rounds, "dry_run": dry_run, "replace": replace, "trials": trials,
         "timeout": timeout, "perf": True, "with_compile": True,
     }
+    if name is not None:  # a chosen name another library already resolves would shadow (or be shadowed)
+        from kernelgen.library import holders, library_of
+
+        target = Path(options["library"])
+        elsewhere = [p for p in holders(name, target) if library_of(p).resolve() != target]
+        if elsewhere:
+            fail(f"--name {name!r} is taken by an op in {library_of(elsewhere[0])} (kernelgen.ops.{name} "
+                 "resolves to it); choose another name")
     try:
         llm_state = llm_settings(use_llm)
     except KernelgenError as exc:
