@@ -146,7 +146,10 @@ def formula_inputs(names: list[str], statements: list[ast.stmt], causal: bool) -
 
 
 def tensor(name: str, role: str, fill: str | None = None) -> InputSpec:
-    return InputSpec(name, "tensor", SHAPES[role], DTYPE.get(role, "input"), fill or FILL.get(role, "randn"))
+    fill = fill or FILL.get(role, "randn")
+    # class targets index the class dim N of the logits: integers in [0, N)
+    high = "N" if fill == "index" else ""
+    return InputSpec(name, "tensor", SHAPES[role], DTYPE.get(role, "input"), fill, high=high)
 
 
 def describe(inputs: list[InputSpec]) -> str:
