@@ -40,6 +40,7 @@ class Watch:
     launches: Counter = field(default_factory=Counter)  # kernel name -> count
     aten_calls: Counter = field(default_factory=Counter)
     violations: list[str] = field(default_factory=list)
+    ghost: bool = False  # ghost replay: launches are counted but do not run
 
     @property
     def total_launches(self) -> int:
@@ -77,6 +78,8 @@ def _counting(run):
             return run(self, *args, **kwargs)
         fn = getattr(self, "fn", None)
         watch.launches[getattr(fn, "__name__", "kernel")] += 1
+        if watch.ghost:
+            return None  # ghost replay: whatever the outputs hold now was not computed by Triton
         # The interpreter moves tensors between host copies with torch ops: those are Triton's, not the
         # candidate's, so no mode watches them.
         with _disable_current_modes():
@@ -113,10 +116,11 @@ def _install_launch_hooks() -> None:
 
 
 @contextlib.contextmanager
-def count_launches():
-    """Count Triton kernel launches (no dispatch mode): for checking that ATen overrides hit our kernels."""
+def count_launches(ghost: bool = False):
+    """Count Triton kernel launches (no dispatch mode): for checking that ATen overrides hit our kernels.
+    `ghost`: the launches do not run (ghost replay)."""
     _install_launch_hooks()
-    watch = Watch()
+    watch = Watch(ghost=ghost)
     prev = _current()
     _local.watch = watch
     try:
@@ -126,7 +130,7 @@ def count_launches():
 
 
 @contextlib.contextmanager
-def watch(poison: bool = True):
+def watch(poison: bool = True, ghost: bool = False):
     """Count launches, record ATen ops outside launches, poison allocations with NaN."""
-    with count_launches() as w, _GuardMode(w, poison):
+    with count_launches(ghost) as w, _GuardMode(w, poison):
         yield w
