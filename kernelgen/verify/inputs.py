@@ -43,8 +43,8 @@ def make_inputs(
     """Fresh random inputs, in the launcher's argument order.
 
     layout: "strided": every tensor of 2+ dims gets rows longer than its last dim (a slice of a wider
-    buffer); "transposed": every tensor of 2+ dims is the transpose of a contiguous buffer, so its last
-    dim has a stride other than 1; "nd": tensors that lead with the row dim get several leading dims.
+    buffer); "transposed": a 2-D tensor is the transpose of a contiguous buffer, a tensor of more dims
+    takes every other element of a wider one, so its last dim has a stride other than 1; "nd": tensors that lead with the row dim get several leading dims.
     magnitude: the first float input is multiplied by it (large values break half-precision sums).
     special_rows: in the first float input, row 0 is all zeros and row 1 constant."""
     if strided:
@@ -60,8 +60,11 @@ def make_inputs(
         dt = torch_dtype(dtype if inp.dtype == "input" else inp.dtype)
         if layout == "strided" and len(shape) >= 2:
             t = _fill(inp.fill, shape[:-1] + [shape[-1] + ROW_PAD], dt, gen)[..., : shape[-1]]
-        elif layout == "transposed" and len(shape) >= 2:
-            t = _fill(inp.fill, shape[:-2] + [shape[-1], shape[-2]], dt, gen).transpose(-1, -2)
+        elif layout == "transposed" and len(shape) == 2:
+            t = _fill(inp.fill, [shape[1], shape[0]], dt, gen).t()
+        elif layout == "transposed" and len(shape) > 2:
+            # every other element of a wider buffer: a column stride of 2, rows that still flatten
+            t = _fill(inp.fill, shape + [2], dt, gen)[..., 0]
         else:
             t = _fill(inp.fill, shape, dt, gen)
         if dt.is_floating_point and first_float and inp.dtype == "input":
@@ -74,13 +77,16 @@ def make_inputs(
     return args
 
 
-def to_device(t: torch.Tensor, device: str) -> torch.Tensor:
+def to_device(t: torch.Tensor, device: str, copy: bool = False) -> torch.Tensor:
     """`t` on `device` with its strides, storage offset and the bytes around it (a strided view stays a
-    view into a wider buffer; a plain `.to()` would make it contiguous)."""
-    if str(t.device) == device or t.device.type == device:
+    view into a wider buffer; a plain `.to()` would make it contiguous). `copy`: a new storage even when
+    `t` is already there."""
+    if (str(t.device) == device or t.device.type == device) and not copy:
         return t
-    storage = torch.empty(0, dtype=t.dtype).set_(t.untyped_storage(), 0, (t.untyped_storage().nbytes() // t.element_size(),))
-    return storage.to(device).as_strided(t.shape, t.stride(), t.storage_offset())
+    st = t.untyped_storage()
+    whole = torch.empty(0, dtype=t.dtype, device=t.device).set_(st, 0, (st.nbytes() // t.element_size(),))
+    moved = whole.to(device, copy=True)
+    return moved.as_strided(t.shape, t.stride(), t.storage_offset())
 
 
 def _special(t: torch.Tensor) -> None:

@@ -53,7 +53,8 @@ def run_calls(plan: dict[str, Any], launcher, module, backend) -> list[dict[str,
         if call["same_as"] >= 0:
             args = by_id[call["same_as"]]
         else:
-            args = [to_device(a, device) if isinstance(a, torch.Tensor) else a for a in call["args"]]
+            # A copy of its own, even in-process: the plan's tensors are what the inputs must still equal.
+            args = [to_device(a, device, copy=True) if isinstance(a, torch.Tensor) else a for a in call["args"]]
             by_id[call["id"]] = args
         res: dict[str, Any] = {"id": call["id"], "outputs": [], "error": "", "launches": 0, "violations": [],
                                "inputs": args, "devices": [], "served": 0, "fallbacks": 0}
