@@ -85,7 +85,8 @@ def values(spec: OpSpec, got: list, expected: tuple, dtype: str, scaled: bool = 
             torch.testing.assert_close(g64, e64, atol=atol, rtol=rtol, equal_nan=True)
         except AssertionError as exc:
             lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-            return f"{name} differs from the reference ({out_dtype}, atol={atol}, rtol={rtol}): " + "; ".join(lines[1:4])
+            head = f"{name} differs from the reference ({out_dtype}, atol={atol:.3g}, rtol={rtol}): "
+            return head + "; ".join(lines[1:4])
     return ""
 
 
@@ -101,7 +102,8 @@ def shape_and_kind(spec: OpSpec, res: dict, expected: tuple, device: str, want_d
             return f"{name} is on {res['devices'][i]}, expected {device}"
         want = want_dtypes[i] if want_dtypes and i < len(want_dtypes) else None
         if want is not None and g.dtype != want:
-            return f"{name} has dtype {str(g.dtype).removeprefix('torch.')}, expected {str(want).removeprefix('torch.')}"
+            have, need = str(g.dtype).removeprefix("torch."), str(want).removeprefix("torch.")
+            return f"{name} has dtype {have}, expected {need}"
         if tuple(g.shape) != tuple(e.shape):
             return f"{name} has shape {tuple(g.shape)}, expected {tuple(e.shape)}"
     return ""

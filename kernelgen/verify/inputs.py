@@ -44,7 +44,8 @@ def make_inputs(
 
     layout: "strided": every tensor of 2+ dims gets rows longer than its last dim (a slice of a wider
     buffer); "transposed": a 2-D tensor is the transpose of a contiguous buffer, a tensor of more dims
-    takes every other element of a wider one, so its last dim has a stride other than 1; "nd": tensors that lead with the row dim get several leading dims.
+    takes every other element of a wider one, so its last dim has a stride other than 1; "nd": tensors
+    that lead with the row dim get several leading dims.
     magnitude: the first float input is multiplied by it (large values break half-precision sums).
     special_rows: in the first float input, row 0 is all zeros and row 1 constant."""
     if strided:

@@ -98,7 +98,7 @@ class _Checker(ast.NodeVisitor):
         for stmt in tree.body:
             for target in _assigned_names(stmt):
                 self.module_level.add(target)
-        for n, stmt in enumerate(tree.body):
+        for stmt in tree.body:
             if isinstance(stmt, (ast.Import, ast.ImportFrom, ast.FunctionDef)):
                 pass
             elif isinstance(stmt, (ast.Assign, ast.AnnAssign)):

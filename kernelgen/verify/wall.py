@@ -88,7 +88,7 @@ def _run_probe(cuda: bool) -> str:
         except (OSError, subprocess.TimeoutExpired) as exc:
             return f"no sandbox: bwrap did not start ({exc}); {SANDBOX_FIX}"
     if proc.returncode != 0:
-        why = (proc.stderr.strip().splitlines() or ["exit code %d" % proc.returncode])[-1][:200]
+        why = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1][:200]
         return f"no sandbox: bwrap cannot start here ({why}); {SANDBOX_FIX}"
     return ""
 
