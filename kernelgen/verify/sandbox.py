@@ -172,7 +172,8 @@ def run_child(wire: dict[str, Any], backend, timeout: float, sandbox: bool, devi
         scratch = Path(tmp)
         torch.save(wire, scratch / PLAN)
         run = wall.run_walled(child_argv(scratch), scratch, timeout, sandbox=sandbox,
-                              cuda=backend.device == "cuda", env=child_env(scratch, backend.interpret, device))
+                              cuda=backend.device == "cuda", env=child_env(scratch, backend.interpret, device),
+                              readable=[Path(wire["folder"])])
         results = scratch / RESULTS
         if run.timed_out or not results.is_file():
             return {}, f"worker {describe_exit(run, timeout)}"

@@ -98,11 +98,15 @@ def gpu_nodes() -> list[str]:
         glob.glob("/dev/nvidia-caps/*"))
 
 
-def bwrap_command(binary: str, scratch: Path, cuda: bool) -> list[str]:
+def bwrap_command(binary: str, scratch: Path, cuda: bool, readable: list[Path] | None = None) -> list[str]:
+    """`readable`: folders to show read-only even where the sandbox hides the host (under /tmp)."""
     scratch = scratch.resolve()
     cmd = [binary, "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/", "/",
-           "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--bind", str(scratch), str(scratch),
-           "--chdir", str(scratch)]
+           "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    for path in readable or []:
+        if path.exists():
+            cmd += ["--ro-bind", str(path.resolve()), str(path.resolve())]
+    cmd += ["--bind", str(scratch), str(scratch), "--chdir", str(scratch)]
     if cuda:
         for node in gpu_nodes():
             cmd += ["--dev-bind", node, node]
@@ -155,15 +159,21 @@ def sandbox_env(scratch: Path, extra: dict[str, str] | None = None) -> dict[str,
 
 
 def run_walled(argv: list[str], scratch: Path, timeout: float, *, sandbox: bool = True, cuda: bool = False,
-               env: dict[str, str] | None = None, limits: Limits | None = None) -> WalledRun:
+               env: dict[str, str] | None = None, limits: Limits | None = None,
+               readable: list[Path] | None = None) -> WalledRun:
     """Run `argv` in `scratch` (inside bwrap when `sandbox`), kill it and everything it started after
-    `timeout` seconds. Raises SandboxUnavailable when `sandbox` is asked for and bwrap cannot start."""
+    `timeout` seconds. Raises SandboxUnavailable when `sandbox` is asked for and bwrap cannot start.
+    `readable`: folders the child must read (the candidate's folder, the kernelgen package, Python itself)
+    even when they live under /tmp, which the sandbox replaces with its own."""
     scratch = Path(scratch).resolve()
     if sandbox:
         problem = sandbox_problem(cuda)
         if problem:
             raise SandboxUnavailable(problem)
-        argv = bwrap_command(bwrap_binary() or "bwrap", scratch, cuda) + list(argv)
+        import sys
+
+        shown = [Path(sys.prefix), Path(sys.base_prefix), Path(__file__).resolve().parents[2]] + list(readable or [])
+        argv = bwrap_command(bwrap_binary() or "bwrap", scratch, cuda, shown) + list(argv)
     proc = subprocess.Popen(argv, cwd=scratch, env=env if env is not None else sandbox_env(scratch),
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, errors="replace", start_new_session=True,
