@@ -72,13 +72,15 @@ VARIANTS = {
                        "        tl.store(y_ptr + row * N + cols, y.to(y_ptr.dtype.element_ty), mask=mask)\n"
                        "        tl.store(x_ptr + row * stride_x_row + cols * stride_x_col, x * 0.999, mask=mask)")],
                      "inputs", "changed during the call"),
-    "reused_buffer": ([("def silu(x, *, max_block=None):\n    N = x.shape[-1]\n    y = torch.empty(x.shape, dtype=x.dtype, "
-                        "device=x.device)",
+    "reused_buffer": ([("def silu(x, *, max_block=None):\n    N = x.shape[-1]\n"
+                        "    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)",
                         "@functools.lru_cache\ndef _buffer(shape, dtype, device):\n"
                         "    return torch.empty(shape, dtype=dtype, device=device)\n\n\n"
-                        "def silu(x, *, max_block=None):\n    N = x.shape[-1]\n    y = _buffer(x.shape, x.dtype, x.device)"),
+                        "def silu(x, *, max_block=None):\n    N = x.shape[-1]\n"
+                        "    y = _buffer(x.shape, x.dtype, x.device)"),
                        ("import torch\n", "import functools\nimport torch\n")], "outputs", "an earlier call"),
-    "wrong_above_256": ([("        y = x / (1.0 + tl.exp(-x))", "        y = tl.where(tl.abs(x) > 256, 0.0, x / (1.0 + tl.exp(-x)))")],
+    "wrong_above_256": ([("        y = x / (1.0 + tl.exp(-x))",
+                          "        y = tl.where(tl.abs(x) > 256, 0.0, x / (1.0 + tl.exp(-x)))")],
                         "accuracy", "large magnitude"),
     "only_2d": ([("    x2 = x if x.dim() == 2 else x.view(-1, N)", "    x2 = x")], "accuracy", "several leading dims"),
     "ignores_column_stride": ([("cols * stride_x_col", "cols")], "accuracy", "transposed"),
@@ -87,7 +89,8 @@ VARIANTS = {
     "torch_in_grid": ([("_silu_rows[(x2.shape[0],)](x2, y,",
                         "_silu_rows[lambda meta: (x2.shape[0] + 0 * int(x2.sigmoid().sum() > 0),)](x2, y,")],
                       "anticheat", "aten::"),
-    "getattr_reflection": ([("    N = x.shape[-1]\n    y =", "    N = x.shape[-1]\n    f = getattr(torch, 'o' + 's')\n    y =")],
+    "getattr_reflection": ([("    N = x.shape[-1]\n    y =",
+                             "    N = x.shape[-1]\n    f = getattr(torch, 'o' + 's')\n    y =")],
                            "static", "getattr"),
     "module_state": ([("def silu(", "_CALLS = [0]\n\n\ndef silu(")], "static", "mutable constant"),
 }

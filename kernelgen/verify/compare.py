@@ -237,9 +237,12 @@ def adapter_calls(spec: OpSpec, calls: list, results: dict, verified: list[str],
         if not res["served"]:
             outcome.rows.append({"dtype": call.dtype, "case": call.case, "passed": True, "served": False})
             continue
+        if call.dtype not in spec.dtypes:
+            raise Failed("spec", f"{where}: the adapter serves {call.dtype} but the spec's dtypes are {spec.dtypes}: "
+                         "add it to the spec (it is then verified) or return NotImplemented for it so ATen runs")
         if call.dtype not in verified:
-            raise Failed("adapter", f"{where}: the adapter serves {call.dtype}, which was not verified (the spec's "
-                         f"dtypes are {spec.dtypes}); return NotImplemented for it so ATen runs")
+            raise Failed("adapter", f"{where}: the adapter serves {call.dtype}, which was not verified here; "
+                         "return NotImplemented for it so ATen runs")
         if res["launches"] == 0:
             raise Failed("anticheat", f"{where}: the adapter served the call without a Triton launch")
         expected = aten_expected(call.overload, call.args)
