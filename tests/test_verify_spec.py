@@ -3,7 +3,6 @@ outside the shipped library run sandboxed: variants of the library's rms_norm (c
 library, so their references are untrusted), each with one problem."""
 
 import shutil
-from pathlib import Path
 
 import pytest
 
