@@ -128,6 +128,18 @@ def child_env(scratch: Path, interpret: bool, device: str | None = None) -> dict
     return env
 
 
+def compile_cache(folder: Path, backend: str) -> Path:
+    """Triton's (and torch.compile's) cache for one candidate source on one backend, kept between verifications (compiling every
+    kernel again each time would dominate a GPU run). Keyed by the source hash, so what a candidate writes
+    there can only ever be read by a later run of that very source, never by another op or by production
+    (which uses Triton's own cache)."""
+    root = os.environ.get("KERNELGEN_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "kernelgen")
+    path = Path(root).expanduser() / "sandbox-triton" / backend / source_hash(folder, backend)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def child_argv(scratch: Path, reference: bool = False) -> list[str]:
     return [sys.executable, "-m", "kernelgen.verify.worker", str(scratch)] + (["--reference"] if reference else [])
 
@@ -171,9 +183,16 @@ def run_child(wire: dict[str, Any], backend, timeout: float, sandbox: bool, devi
     with tempfile.TemporaryDirectory(prefix="kernelgen-verify-") as tmp:
         scratch = Path(tmp)
         torch.save(wire, scratch / PLAN)
+        env = child_env(scratch, backend.interpret, device)
+        writable = []
+        if not backend.interpret:
+            cache = compile_cache(Path(wire["folder"]), backend.name)
+            env["TRITON_CACHE_DIR"] = str(cache / "triton")
+            env["TORCHINDUCTOR_CACHE_DIR"] = str(cache / "inductor")  # the torch.compile baseline's
+            writable.append(cache)
         run = wall.run_walled(child_argv(scratch), scratch, timeout, sandbox=sandbox,
-                              cuda=backend.device == "cuda", env=child_env(scratch, backend.interpret, device),
-                              readable=[Path(wire["folder"])])
+                              cuda=backend.device == "cuda", env=env, readable=[Path(wire["folder"])],
+                              writable=writable)
         results = scratch / RESULTS
         if run.timed_out or not results.is_file():
             return {}, f"worker {describe_exit(run, timeout)}"

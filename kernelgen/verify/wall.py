@@ -98,15 +98,19 @@ def gpu_nodes() -> list[str]:
         glob.glob("/dev/nvidia-caps/*"))
 
 
-def bwrap_command(binary: str, scratch: Path, cuda: bool, readable: list[Path] | None = None) -> list[str]:
-    """`readable`: folders to show read-only even where the sandbox hides the host (under /tmp)."""
+def bwrap_command(binary: str, scratch: Path, cuda: bool, readable: list[Path] | None = None,
+                  writable: list[Path] | None = None) -> list[str]:
+    """`readable`: folders to show read-only even where the sandbox hides the host (under /tmp);
+    `writable`: folders besides the scratch folder it may write (a compile cache of its own)."""
     scratch = scratch.resolve()
     cmd = [binary, "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/", "/",
            "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
     for path in readable or []:
         if path.exists():
             cmd += ["--ro-bind", str(path.resolve()), str(path.resolve())]
-    cmd += ["--bind", str(scratch), str(scratch), "--chdir", str(scratch)]
+    for path in [scratch] + [p.resolve() for p in writable or []]:
+        cmd += ["--bind", str(path), str(path)]
+    cmd += ["--chdir", str(scratch)]
     if cuda:
         for node in gpu_nodes():
             cmd += ["--dev-bind", node, node]
@@ -160,7 +164,7 @@ def sandbox_env(scratch: Path, extra: dict[str, str] | None = None) -> dict[str,
 
 def run_walled(argv: list[str], scratch: Path, timeout: float, *, sandbox: bool = True, cuda: bool = False,
                env: dict[str, str] | None = None, limits: Limits | None = None,
-               readable: list[Path] | None = None) -> WalledRun:
+               readable: list[Path] | None = None, writable: list[Path] | None = None) -> WalledRun:
     """Run `argv` in `scratch` (inside bwrap when `sandbox`), kill it and everything it started after
     `timeout` seconds. Raises SandboxUnavailable when `sandbox` is asked for and bwrap cannot start.
     `readable`: folders the child must read (the candidate's folder, the kernelgen package, Python itself)
@@ -173,7 +177,7 @@ def run_walled(argv: list[str], scratch: Path, timeout: float, *, sandbox: bool 
         import sys
 
         shown = [Path(sys.prefix), Path(sys.base_prefix), Path(__file__).resolve().parents[2]] + list(readable or [])
-        argv = bwrap_command(bwrap_binary() or "bwrap", scratch, cuda, shown) + list(argv)
+        argv = bwrap_command(bwrap_binary() or "bwrap", scratch, cuda, shown, writable) + list(argv)
     proc = subprocess.Popen(argv, cwd=scratch, env=env if env is not None else sandbox_env(scratch),
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, errors="replace", start_new_session=True,
