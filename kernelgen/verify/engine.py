@@ -35,18 +35,18 @@ def static_problem(op: Op, backend: str) -> str | None:
         op.spec.reference, "spec.toml reference")
 
 
-def _reference_dtypes(spec, dtypes: list[str], refs_of) -> dict[str, list[torch.dtype | None]]:
-    """Per dtype under test, the dtype of each output the reference gives on inputs of that dtype (what the
-    kernel must return); evaluated through `refs_of` like every reference call."""
-    requests = [(("dtype", d), make_inputs(spec, spec.test_shapes[0], d, "cpu", 7)) for d in dtypes]
-    got = refs_of(requests)
+def _dtype_requests(spec, dtypes: list[str]) -> list[tuple[Any, list]]:
+    """Reference calls on inputs of each dtype under test (not upcast): the dtypes of their outputs are what
+    the kernel must return."""
+    return [(("dtype", d), make_inputs(spec, spec.test_shapes[0], d, "cpu", 7)) for d in dtypes]
+
+
+def _output_dtypes(dtypes: list[str], got: dict) -> dict[str, list[torch.dtype | None]]:
     out: dict[str, list] = {}
     for d in dtypes:
         res = got.get(("dtype", d))
-        if isinstance(res, tuple):
-            out[d] = [t.dtype if isinstance(t, torch.Tensor) else None for t in res]
-        else:  # the reference cannot run in low precision on the CPU: float outputs keep the dtype under test
-            out[d] = []
+        # A reference that cannot run in low precision on the CPU: no dtype rule beyond the values.
+        out[d] = [t.dtype if isinstance(t, torch.Tensor) else None for t in res] if isinstance(res, tuple) else []
     return out
 
 
@@ -109,16 +109,16 @@ def verify_folder(
 
     # References first: a spec whose reference disagrees with ATen stops here, before any candidate runs.
     ref_requests = [((c.id,), c.args) for c in calls if c.kind == "call" and c.same_as is None]
-    ref_requests += [(k, a) for k, a in agree_requests]
+    ref_requests += [(k, a) for k, a in agree_requests] + _dtype_requests(spec, dtypes)
     try:
         got = refs_of(ref_requests)
-        out_dtypes = _reference_dtypes(spec, dtypes, refs_of)
     except references.ReferenceFailed as exc:
         return done("spec", f"the reference could not be evaluated: {exc}")
     problem = specrules.aten_agreement(spec, aten_answers, got)
     if problem:
         return done("spec", problem)
     refs = {k[0]: v for k, v in got.items() if len(k) == 1}
+    out_dtypes = _output_dtypes(dtypes, got)
 
     measure = perf and be.measures_performance
     wire = {"folder": str(folder), "backend": be.name, "calls": [c.wire() for c in calls + adapter_calls],
@@ -130,10 +130,9 @@ def verify_folder(
     if failure:
         return done("sandbox", failure, ran=True)
     base.update(device=result.get("device", ""), versions=result.get("versions", {}))
-    if result.get("error"):
-        stage = result.get("stage", "")
-        check = "static" if stage == "import" else "performance" if stage == "performance" else "sandbox"
-        return done(check, result["error"], ran=stage != "backend")
+    stage = result.get("stage", "")
+    if result.get("error") and stage != "performance":
+        return done("static" if stage == "import" else "sandbox", result["error"], ran=stage != "backend")
     results = result["calls"]
     outcome = compare.compare(spec, be.device, calls, groups, results, refs, out_dtypes)
     if outcome.passed:
@@ -141,7 +140,9 @@ def verify_folder(
             compare.adapter_calls(spec, adapter_calls, {r["id"]: r for r in results}, dtypes, outcome)
         except compare.Failed as exc:
             outcome.check, outcome.message = exc.check, exc.message
-    if outcome.passed and measure:
+    if outcome.passed and stage == "performance":
+        outcome.check, outcome.message = "performance", result["error"]
+    elif outcome.passed and measure:
         problem = _timed_outputs(spec, result.get("timed", []), refs_of)
         if problem:
             outcome.check, outcome.message = "accuracy", problem

@@ -110,7 +110,7 @@ def run_candidate(plan: dict[str, Any]) -> dict[str, Any]:
         return out
     out["calls"] = run_calls(plan, launcher, module, backend)
     perf = plan.get("perf")
-    if perf and not any(c["error"] for c in out["calls"]):
+    if perf and not any(m in c["error"] for c in out["calls"] for m in FATAL_MARKERS):
         from kernelgen.verify.performance import measure
 
         try:
