@@ -130,9 +130,9 @@ def child_env(scratch: Path, interpret: bool, device: str | None = None) -> dict
 
 def compile_cache(folder: Path, backend: str) -> Path:
     """Triton's (and torch.compile's) cache for one candidate source on one backend, kept between
-    verifications (compiling every kernel again each time would dominate a GPU run). Keyed by the source hash, so what a candidate writes
-    there can only ever be read by a later run of that very source, never by another op or by production
-    (which uses Triton's own cache)."""
+    verifications (compiling every kernel again each time would dominate a GPU run). Keyed by the source
+    hash, so what a candidate writes there can only ever be read by a later run of that very source, never
+    by another op or by production (which uses Triton's own cache)."""
     root = os.environ.get("KERNELGEN_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "kernelgen")
     path = Path(root).expanduser() / "sandbox-triton" / backend / source_hash(folder, backend)
