@@ -177,6 +177,8 @@ def run_walled(argv: list[str], scratch: Path, timeout: float, *, sandbox: bool 
         import sys
 
         shown = [Path(sys.prefix), Path(sys.base_prefix), Path(__file__).resolve().parents[2]] + list(readable or [])
+        # What the child imports (a plugin backend on PYTHONPATH) may live under /tmp too.
+        shown += [Path(p) for p in (env or {}).get("PYTHONPATH", "").split(os.pathsep) if p]
         argv = bwrap_command(bwrap_binary() or "bwrap", scratch, cuda, shown, writable) + list(argv)
     proc = subprocess.Popen(argv, cwd=scratch, env=env if env is not None else sandbox_env(scratch),
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
