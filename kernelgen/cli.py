@@ -448,6 +448,8 @@ def verify_cmd(
     no_compile: bool = typer.Option(False, "--no-compile", help="Skip the torch.compile baseline."),
     no_write: bool = typer.Option(False, "--no-write", help="Do not write verified/<backend>.json records."),
     library: list[str] | None = typer.Option(None, "--library", help="Extra library folder(s)."),
+    sanitize: bool = typer.Option(False, "--sanitize", help="CUDA: run each candidate under compute-sanitizer "
+                                  "memcheck (out-of-bounds accesses); no timings."),
     no_sandbox: bool = typer.Option(False, "--no-sandbox", help="Run candidates in plain processes, without "
                                     "the bubblewrap sandbox: for trusted code only (loud)."),
 ) -> None:
@@ -471,11 +473,13 @@ def verify_cmd(
                           "use --jobs 1 for timings you will quote")
     from kernelgen.verify.sandbox import SandboxUnavailable, set_no_sandbox
 
+    if sanitize and be.device != "cuda":
+        fail(f"--sanitize needs the cuda backend (compute-sanitizer), not {be.name!r}")
     if no_sandbox:
         set_no_sandbox(True)
     try:
         verdicts = _run_verify(folders, be.name, jobs=jobs, timeout=timeout, perf=not no_perf, trials=trials,
-                               write=not no_write, with_compile=not no_compile)
+                               write=not no_write and not sanitize, with_compile=not no_compile, sanitize=sanitize)
     except SandboxUnavailable as exc:  # refused before any candidate ran
         fail(str(exc))
     if out:

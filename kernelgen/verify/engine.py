@@ -53,7 +53,7 @@ def _output_dtypes(dtypes: list[str], got: dict) -> dict[str, list[torch.dtype |
 def verify_folder(
     folder: Path, backend_name: str, *, trials: int = 3, perf: bool = True, with_compile: bool = True,
     seed: int | None = None, candidate: str = "", timeout: float = 120.0, sandbox: bool = True,
-    trusted_reference: bool = False, device: str | None = None,
+    trusted_reference: bool = False, device: str | None = None, sanitize: bool = False,
 ) -> tuple[Verdict, bool]:
     """The verdict for one folder on one backend, and whether the candidate ran (only then may the verdict
     become a record). Raises `wall.SandboxUnavailable` when `sandbox` is asked for and cannot start."""
@@ -120,13 +120,13 @@ def verify_folder(
     refs = {k[0]: v for k, v in got.items() if len(k) == 1}
     out_dtypes = _output_dtypes(dtypes, got)
 
-    measure = perf and be.measures_performance
+    measure = perf and be.measures_performance and not sanitize  # timings under memcheck mean nothing
     wire = {"folder": str(folder), "backend": be.name, "calls": [c.wire() for c in calls + adapter_calls],
             "perf": {"dtypes": ["bfloat16", "float16"], "with_compile": with_compile, "seed": 1234,
                      "keep_numel": KEEP_TIMED_NUMEL} if measure else None}
     from kernelgen.verify.sandbox import run_child
 
-    result, failure = run_child(wire, be, timeout, sandbox, device)
+    result, failure = run_child(wire, be, timeout, sandbox, device, sanitize and be.device == "cuda")
     if failure:
         return done("sandbox", failure, ran=True)
     base.update(device=result.get("device", ""), versions=result.get("versions", {}))

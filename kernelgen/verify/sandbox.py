@@ -173,9 +173,26 @@ def describe_exit(run: wall.WalledRun, timeout: float) -> str:
     return how + (f"; stderr tail:\n{tail}" if tail else "")
 
 
-def run_child(wire: dict[str, Any], backend, timeout: float, sandbox: bool, device: str | None
-              ) -> tuple[dict[str, Any], str]:
-    """Run the plan in a fresh child; (results, "") or ({}, why the child gave no results)."""
+SANITIZER_EXIT = 86  # compute-sanitizer's exit code when memcheck found an error
+
+
+def sanitizer_binary() -> str | None:
+    import shutil
+
+    found = shutil.which("compute-sanitizer")
+    if found:
+        return found
+    for home in (os.environ.get("CUDA_HOME", ""), "/usr/local/cuda"):
+        candidate = Path(home) / "bin" / "compute-sanitizer"
+        if home and candidate.is_file():
+            return str(candidate)
+    return None
+
+
+def run_child(wire: dict[str, Any], backend, timeout: float, sandbox: bool, device: str | None,
+              sanitize: bool = False) -> tuple[dict[str, Any], str]:
+    """Run the plan in a fresh child; (results, "") or ({}, why the child gave no results). `sanitize`:
+    under NVIDIA's compute-sanitizer memcheck (out-of-bounds and misaligned accesses), CUDA only."""
     import torch
 
     from kernelgen.verify.worker import PLAN, RESULTS
@@ -190,10 +207,19 @@ def run_child(wire: dict[str, Any], backend, timeout: float, sandbox: bool, devi
             env["TRITON_CACHE_DIR"] = str(cache / "triton")
             env["TORCHINDUCTOR_CACHE_DIR"] = str(cache / "inductor")  # the torch.compile baseline's
             writable.append(cache)
-        run = wall.run_walled(child_argv(scratch), scratch, timeout, sandbox=sandbox,
+        argv = child_argv(scratch)
+        if sanitize:
+            tool = sanitizer_binary()
+            if tool is None:
+                return {}, "--sanitize needs NVIDIA's compute-sanitizer (CUDA toolkit) on PATH or in CUDA_HOME/bin"
+            argv = [tool, "--tool", "memcheck", "--error-exitcode", str(SANITIZER_EXIT), "--print-limit", "10",
+                    "--target-processes", "all"] + argv
+        run = wall.run_walled(argv, scratch, timeout, sandbox=sandbox,
                               cuda=backend.device == "cuda", env=env, readable=[Path(wire["folder"])],
                               writable=writable)
         results = scratch / RESULTS
+        if sanitize and run.returncode == SANITIZER_EXIT:
+            return {}, "compute-sanitizer memcheck found invalid memory accesses:\n" + _tail(run.stderr)
         if run.timed_out or not results.is_file():
             return {}, f"worker {describe_exit(run, timeout)}"
         try:
@@ -212,7 +238,7 @@ def is_library_op(folder: Path) -> bool:
 def check_candidate(folder: str | Path, backend: str, timeout: float = DEFAULT_TIMEOUT, perf: bool = True,
                     trials: int = 3, with_compile: bool = True, seed: int | None = None, candidate: str = "",
                     device: str | None = None, sandbox: bool | None = None,
-                    trusted_reference: bool | None = None) -> tuple[Verdict, bool]:
+                    trusted_reference: bool | None = None, sanitize: bool = False) -> tuple[Verdict, bool]:
     """Static check, spec rules, then the sandboxed run; writes nothing. The flag says whether the candidate
     ran (only then may its verdict become a record). `device`: the CUDA_VISIBLE_DEVICES the worker gets.
     `sandbox`: None = behind the wall when one can start (see `sandbox_mode`); `trusted_reference`: None =
@@ -230,7 +256,7 @@ def check_candidate(folder: str | Path, backend: str, timeout: float = DEFAULT_T
     before = source_hash(folder, backend)
     verdict, ran = verify_folder(folder, backend, trials=trials, perf=perf, with_compile=with_compile, seed=seed,
                                  candidate=candidate, timeout=timeout, sandbox=walled, trusted_reference=trusted,
-                                 device=device)
+                                 device=device, sanitize=sanitize)
     verdict.source_hash = verdict.source_hash or before
     return verdict, ran and source_hash(folder, backend) == before
 
@@ -251,12 +277,12 @@ def record_verdict(folder: str | Path, backend: str, verdict: Verdict, ran: bool
 def verify_candidate(folder: str | Path, backend: str, timeout: float = DEFAULT_TIMEOUT, perf: bool = True,
                      trials: int = 3, write: bool = False, with_compile: bool = True, seed: int | None = None,
                      candidate: str = "", device: str | None = None, sandbox: bool | None = None,
-                     trusted_reference: bool | None = None) -> Verdict:
+                     trusted_reference: bool | None = None, sanitize: bool = False) -> Verdict:
     """Static check, then the sandboxed run. `write`: store the verdict as the op's verified/<backend>.json
     (library ops only, and only when the candidate actually ran and its source did not change meanwhile)."""
     verdict, ran = check_candidate(folder, backend, timeout=timeout, perf=perf, trials=trials,
                                    with_compile=with_compile, seed=seed, candidate=candidate, device=device,
-                                   sandbox=sandbox, trusted_reference=trusted_reference)
+                                   sandbox=sandbox, trusted_reference=trusted_reference, sanitize=sanitize)
     if write:
         record_verdict(folder, backend, verdict, ran)
     return verdict
@@ -284,7 +310,7 @@ def verify_many(folders: Sequence[str | Path], backend: str, jobs: int = 1, time
                 perf: bool = True, trials: int = 3, write: bool = False, with_compile: bool = True,
                 seed: int | None = None, on_start: Callable[[Path], None] | None = None,
                 on_done: Callable[[Verdict], None] | None = None, sandbox: bool | None = None,
-                trusted_reference: bool | None = None) -> list[Verdict]:
+                trusted_reference: bool | None = None, sanitize: bool = False) -> list[Verdict]:
     """Verify every folder (in order of `folders` in the result), `jobs` subprocesses at a time. A candidate
     that fails in any way — even the verifier failing on it — is a verdict; the run always goes on. Raises
     SandboxUnavailable before anything runs when some folder needs a sandbox that cannot start."""
@@ -304,7 +330,7 @@ def verify_many(folders: Sequence[str | Path], backend: str, jobs: int = 1, time
         try:
             v = verify_candidate(path, backend, timeout=timeout, perf=perf, trials=trials, write=write,
                                  with_compile=with_compile, seed=seed, device=device, sandbox=sandbox,
-                                 trusted_reference=trusted_reference)
+                                 trusted_reference=trusted_reference, sanitize=sanitize)
         except SandboxUnavailable:
             raise
         except Exception as exc:
