@@ -3,6 +3,7 @@ outside the shipped library run sandboxed: variants of the library's rms_norm (c
 library, so their references are untrusted), each with one problem."""
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +78,24 @@ def test_same_outputs_runs_both_references_sandboxed():
     assert same_outputs(silu, silu)
     assert not same_outputs(silu, gelu)
     assert not same_outputs(silu, load_op(RMS).spec)  # different arguments: no process needed
+
+
+def test_widened_tolerances_within_the_cap_are_shown_in_reports():
+    from kernelgen.spec import load_spec
+    from kernelgen.verify.report import to_markdown
+    from kernelgen.verify.specrules import static_rules, widened
+    from kernelgen.verify.verdict import Verdict
+
+    text = (RMS / "spec.toml").read_text().replace(
+        'dtypes = ["float32", "float16", "bfloat16"]',
+        'dtypes = ["float32", "float16", "bfloat16"]\n\n[tolerance.bfloat16]\natol = 0.05\nrtol = 0.05\n'
+        'reason = "two roundings to bfloat16"')
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "spec.toml").write_text(text)
+        spec = load_spec(Path(tmp) / "spec.toml")
+    assert static_rules(spec) is None  # 0.05 is within 10x of bfloat16's 0.016 / 0.01
+    v = Verdict(op="rms_norm", backend="interpreter", passed=True, tolerances=widened(spec), sandboxed=True)
+    md = to_markdown([v])
+    assert "Widened tolerances" in md and "two roundings to bfloat16" in md and "| bfloat16 | 0.05 | 0.05 |" in md
