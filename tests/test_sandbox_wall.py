@@ -150,15 +150,17 @@ def test_memory_limit(tmp_path):
     assert (tmp_path / "mem.txt").read_text() == "refused", result.stderr
 
 
-def test_the_sandbox_dies_with_a_killed_verifier(tmp_path):
-    """SIGKILL the process that started the sandbox: what runs inside goes with it."""
-    token = "2718.5"
+@pytest.mark.parametrize("sandbox", [True, False])
+def test_the_child_dies_with_a_killed_verifier(tmp_path, sandbox):
+    """SIGKILL the process that started the child: the child goes with it (bwrap's --die-with-parent, or
+    PR_SET_PDEATHSIG in a plain process)."""
+    token = "2718.5" if sandbox else "2718.75"
     driver = textwrap.dedent(f"""
         import sys
         from pathlib import Path
         from kernelgen.verify import wall
         wall.run_walled([sys.executable, "-c", "import time; open('up', 'w'); time.sleep({token})"],
-                        Path({str(tmp_path)!r}), 300)
+                        Path({str(tmp_path)!r}), 300, sandbox={sandbox})
     """)
     proc = subprocess.Popen([sys.executable, "-c", driver], env=dict(os.environ, PYTHONPATH=str(REPO)))
     deadline = time.time() + 60
