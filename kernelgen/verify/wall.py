@@ -33,6 +33,7 @@ from pathlib import Path
 
 SANDBOX_FIX = "install bubblewrap (apt-get install bubblewrap) or, for trusted code only, pass --no-sandbox"
 GIB = 1 << 30
+STDERR_KEEP = 64 << 10  # bytes of the child's stderr tail kept for the verdict
 PR_SET_PDEATHSIG = 1
 
 
@@ -44,7 +45,7 @@ class SandboxUnavailable(RuntimeError):
 class Limits:
     memory_bytes: int = 0  # 0: the default (see default_memory)
     cpu_seconds: int = 0  # 0: derived from the timeout
-    file_bytes: int = 8 * GIB  # largest file it may write (tensors it returns are files)
+    file_bytes: int = 2 * GIB  # largest file it may write (tensors it returns are files; stderr too)
     processes: int = 4096  # threads count: torch and Triton's compiler start many
 
 
@@ -180,22 +181,29 @@ def run_walled(argv: list[str], scratch: Path, timeout: float, *, sandbox: bool 
         # What the child imports (a plugin backend on PYTHONPATH) may live under /tmp too.
         shown += [Path(p) for p in (env or {}).get("PYTHONPATH", "").split(os.pathsep) if p]
         argv = bwrap_command(bwrap_binary() or "bwrap", scratch, cuda, shown, writable) + list(argv)
-    proc = subprocess.Popen(argv, cwd=scratch, env=env if env is not None else sandbox_env(scratch),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, errors="replace", start_new_session=True,
-                            preexec_fn=_preexec(limits or Limits(), cuda, timeout))
-    try:
-        _, err = proc.communicate(timeout=timeout)
-        timed_out = False
-    except subprocess.TimeoutExpired:
-        kill_group(proc)
+    import tempfile
+
+    # stderr goes to a file outside the scratch folder and only its tail is read: a child that floods it
+    # costs disk up to the file-size limit, never the verifier's memory.
+    with tempfile.TemporaryFile() as err_file:
+        proc = subprocess.Popen(argv, cwd=scratch, env=env if env is not None else sandbox_env(scratch),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err_file,
+                                start_new_session=True, preexec_fn=_preexec(limits or Limits(), cuda, timeout))
         try:
-            _, err = proc.communicate(timeout=10)
+            proc.wait(timeout=timeout)
+            timed_out = False
         except subprocess.TimeoutExpired:
-            err = ""
-        timed_out = True
-    kill_group(proc)  # without bwrap: helpers left in its process group go with it
-    return WalledRun(proc.returncode, err or "", timed_out, sandbox)
+            kill_group(proc)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+            timed_out = True
+        kill_group(proc)  # without bwrap: helpers left in its process group go with it
+        size = err_file.seek(0, os.SEEK_END)
+        err_file.seek(max(0, size - STDERR_KEEP))
+        err = err_file.read().decode(errors="replace")
+    return WalledRun(proc.returncode, err, timed_out, sandbox)
 
 
 def kill_group(proc: subprocess.Popen) -> None:
