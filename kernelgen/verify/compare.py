@@ -245,6 +245,14 @@ def adapter_calls(spec: OpSpec, calls: list, results: dict, verified: list[str],
                          "return NotImplemented for it so ATen runs")
         if res["launches"] == 0:
             raise Failed("anticheat", f"{where}: the adapter served the call without a Triton launch")
+        for k, (before, after) in enumerate(zip(call.args, res["inputs"])):
+            if isinstance(before, torch.Tensor) and not torch.equal(storage_bytes(before), storage_bytes(after)):
+                raise Failed("inputs", f"{where}: ATen argument {k} changed during the call")
+        ins = [_storage(a) for a in res["inputs"] if isinstance(a, torch.Tensor)]
+        for i, g in enumerate(res["outputs"]):
+            st = _storage(g) if isinstance(g, torch.Tensor) else None
+            if st is not None and any(x is not None and _overlaps(st, x) for x in ins):
+                raise Failed("outputs", f"{where}: output {i} shares storage with an input (outputs must be fresh)")
         expected = aten_expected(call.overload, call.args)
         got = list(res["outputs"])
         if len(got) != len(expected) or not all(isinstance(g, torch.Tensor) for g in got):
