@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -186,7 +185,3 @@ def versions() -> dict[str, str]:
     import triton
 
     return {"torch": torch.__version__, "triton": triton.__version__}
-
-
-def scratch_dir() -> tempfile.TemporaryDirectory:
-    return tempfile.TemporaryDirectory(prefix="kernelgen-verify-")
