@@ -59,6 +59,12 @@ def set_no_sandbox(flag: bool = True) -> None:
                    "files; use it for trusted code only")
 
 
+def sandbox_disabled() -> bool:
+    """Whether --no-sandbox is in effect in this process (callers that start their own sandboxed work,
+    such as the agent's reuse check, follow it)."""
+    return _no_sandbox
+
+
 def _warn_once(key: str, message: str) -> None:
     with _warn_lock:
         if key in _warned:
