@@ -15,6 +15,7 @@ sandbox (`kernelgen.verify.wall`) contains whatever slips through.
 from __future__ import annotations
 
 import ast
+import threading
 
 ALLOWED_IMPORTS = ("triton", "triton.language", "torch", "math", "functools", "typing", "__future__")
 ALLOWED_IMPORT_PREFIXES = ("triton.language.",)  # triton.language.extra.libdevice: tanh, erf, ...
@@ -322,6 +323,16 @@ class _Checker(ast.NodeVisitor):
         self.generic_visit(node)
 
 
+# CPython 3.11 keeps the AST conversion's recursion depth in shared state: two threads parsing at once
+# (verify_many with --jobs) can fail with "AST constructor recursion depth mismatch". One parse at a time.
+_PARSE_LOCK = threading.Lock()
+
+
+def parse(source: str, filename: str = "<source>") -> ast.Module:
+    with _PARSE_LOCK:
+        return ast.parse(source, filename=filename)
+
+
 def _assigned_names(stmt: ast.stmt) -> list[str]:
     if isinstance(stmt, ast.Assign):
         return [n.id for t in stmt.targets for n in ast.walk(t) if isinstance(n, ast.Name)]
@@ -338,7 +349,7 @@ def _config_list(node: ast.List) -> bool:
 
 def _check(source: str, filename: str, reference: bool) -> str | None:
     try:
-        tree = ast.parse(source, filename=filename)
+        tree = parse(source, filename)
     except SyntaxError as exc:
         text = (exc.text or "").strip()
         return f"{filename} line {exc.lineno}: syntax error: {exc.msg}" + (f" in `{text[:120]}`" if text else "")
@@ -371,7 +382,7 @@ def check_reference(source: str, filename: str = "spec.toml reference") -> str |
 def module_functions(source: str) -> dict[str, list[str]]:
     """Top-level function names of a kernel file and their parameter names (read without importing it)."""
     out: dict[str, list[str]] = {}
-    for stmt in ast.parse(source).body:
+    for stmt in parse(source).body:
         if isinstance(stmt, ast.FunctionDef):
             a = stmt.args
             out[stmt.name] = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs]
