@@ -149,11 +149,15 @@ def _preexec(limits: Limits, cuda: bool, timeout: float):
     return setup
 
 
+# Settings of the tools the child runs (torch, Triton, CUDA, OpenMP) pass through; nothing else does.
+PASSED_PREFIXES = ("TORCH", "PYTORCH_", "TRITON_", "CUDA_", "NVIDIA_", "OMP_", "MKL_", "KERNELGEN_SANDBOX_")
+
+
 def sandbox_env(scratch: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     """A small environment: what Python, torch and Triton need, HOME and caches inside the scratch folder."""
     keep = ("PATH", "LANG", "LC_ALL", "PYTHONPATH", "TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES", "LD_LIBRARY_PATH",
             "CUDA_HOME", "TRITON_PTXAS_PATH", "TRITON_LIBCUDA_PATH", "VIRTUAL_ENV", "OMP_NUM_THREADS")
-    env = {k: os.environ[k] for k in keep if k in os.environ}
+    env = {k: v for k, v in os.environ.items() if k in keep or k.startswith(PASSED_PREFIXES)}
     home = scratch / "home"
     home.mkdir(exist_ok=True)
     env.update(HOME=str(home), TRITON_CACHE_DIR=str(scratch / "triton-cache"), TMPDIR="/tmp",
