@@ -261,6 +261,8 @@ def new_op(
     trials: int = typer.Option(3, "--trials", min=1, help="Accuracy trials (fresh seeds) per candidate."),
     timeout: float = typer.Option(300.0, "--timeout", min=1.0, help="Seconds per candidate and backend."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable result on stdout."),
+    no_sandbox: bool = typer.Option(False, "--no-sandbox", help="Run candidates in plain processes, without "
+                                    "the bubblewrap sandbox: for trusted code only (loud)."),
 ) -> None:
     """Generate an op from a sentence: understand, retrieve, generate, verify, repair, select, merge."""
     from kernelgen.agents.graph import llm_settings, start_run
@@ -280,6 +282,8 @@ def new_op(
             fail(f"backend {b!r} is not available on this machine (see `kernelgen backends`)")
     if not names:
         fail("no backend is available on this machine (see `kernelgen backends`)")
+    for b in names:
+        _sandbox_or_fail(b, no_sandbox)
     if library is not None and library.exists() and not library.is_dir():
         fail(f"--library {library} is not a folder")
     use_llm = llm_configured() if llm is None else llm
@@ -429,6 +433,19 @@ def _verify_targets(ops: list[str], all_ops: bool, changed: bool, base: str | No
     return [get_op(name, library).path for name in ops]
 
 
+def _sandbox_or_fail(backend: str, no_sandbox: bool) -> None:
+    """--no-sandbox turns the sandbox off (loudly); otherwise generated candidates need one: one line if not."""
+    from kernelgen.verify.sandbox import SandboxUnavailable, require_sandbox, set_no_sandbox
+
+    if no_sandbox:
+        set_no_sandbox(True)
+        return
+    try:
+        require_sandbox(backend)
+    except SandboxUnavailable as exc:
+        fail(str(exc))
+
+
 @app.command("verify")
 def verify_cmd(
     ops: list[str] | None = typer.Argument(None, help="Op names from the library, or op folders (paths)."),
@@ -447,6 +464,10 @@ def verify_cmd(
     no_compile: bool = typer.Option(False, "--no-compile", help="Skip the torch.compile baseline."),
     no_write: bool = typer.Option(False, "--no-write", help="Do not write verified/<backend>.json records."),
     library: list[str] | None = typer.Option(None, "--library", help="Extra library folder(s)."),
+    sanitize: bool = typer.Option(False, "--sanitize", help="CUDA: run each candidate under compute-sanitizer "
+                                  "memcheck (out-of-bounds accesses); no timings."),
+    no_sandbox: bool = typer.Option(False, "--no-sandbox", help="Run candidates in plain processes, without "
+                                    "the bubblewrap sandbox: for trusted code only (loud)."),
 ) -> None:
     """Verify ops in sandboxed subprocesses: static check, accuracy, anti-cheat, performance.
 
@@ -466,8 +487,17 @@ def verify_cmd(
     if jobs > 1 and be.measures_performance and not no_perf:
         err_console.print("[yellow]note:[/] --jobs > 1 times kernels side by side on one device; "
                           "use --jobs 1 for timings you will quote")
-    verdicts = _run_verify(folders, be.name, jobs=jobs, timeout=timeout, perf=not no_perf, trials=trials,
-                           write=not no_write, with_compile=not no_compile)
+    from kernelgen.verify.sandbox import SandboxUnavailable, set_no_sandbox
+
+    if sanitize and be.device != "cuda":
+        fail(f"--sanitize needs the cuda backend (compute-sanitizer), not {be.name!r}")
+    if no_sandbox:
+        set_no_sandbox(True)
+    try:
+        verdicts = _run_verify(folders, be.name, jobs=jobs, timeout=timeout, perf=not no_perf, trials=trials,
+                               write=not no_write and not sanitize, with_compile=not no_compile, sanitize=sanitize)
+    except SandboxUnavailable as exc:  # refused before any candidate ran
+        fail(str(exc))
     if out:
         report.write_reports(verdicts, out)
     if fmt == "json":
@@ -537,6 +567,8 @@ def regen_cmd(
     llm: bool | None = typer.Option(None, "--llm/--no-llm", help="Use the LLM (default: when configured)."),
     no_compile: bool = typer.Option(False, "--no-compile", help="Skip the torch.compile baseline."),
     as_json: bool = typer.Option(False, "--json", help="The result as JSON on stdout."),
+    no_sandbox: bool = typer.Option(False, "--no-sandbox", help="Run candidates in plain processes, without "
+                                    "the bubblewrap sandbox: for trusted code only (loud)."),
 ) -> None:
     """Verify every op on BACKEND; re-tune or regenerate those that fail or are slower than eager there.
 
@@ -559,6 +591,7 @@ def regen_cmd(
             fail("--executor ray needs ray: pip install 'kernelgen[ray]'")
     if not get_backend(backend).available():
         fail(f"backend {backend!r} is not available on this machine (see `kernelgen backends`)")
+    _sandbox_or_fail(backend, no_sandbox)
     from kernelgen.regen import select_ops
 
     try:

@@ -127,10 +127,12 @@ def launcher_params(source: str, function: str) -> set[str]:
 
 
 def tuning_configs(backend, params: set[str]) -> list[dict[str, Any]]:
-    """The backend's tuning space restricted to what the launcher accepts, then smaller `max_block`s."""
+    """The backend's tuning space restricted to what the launcher accepts, then `max_block`s from the
+    backend's largest block down (production calls launchers with their defaults: a backend whose blocks
+    are smaller than a launcher's default gets its limit through the tuning file)."""
     configs = [dict(c) for c in backend.tuning_space() if c and set(c) <= params]
     if "max_block" in params:
-        configs += [{"max_block": backend.max_block_size // k} for k in (2, 4) if backend.max_block_size // k >= 16]
+        configs += [{"max_block": backend.max_block_size // k} for k in (1, 2, 4) if backend.max_block_size // k >= 16]
     unique: list[dict[str, Any]] = []
     for c in configs:
         if c not in unique:
@@ -175,8 +177,8 @@ def _write_atomic(path: Path, text: str) -> None:
 def _verdict_text(backend, verdict: Verdict, why: str) -> str:
     return (f"- {backend.name}: {why}\n"
             f"  constraints of {backend.name}: dtypes {', '.join(backend.dtypes)}; largest block "
-            f"{backend.max_block_size} elements (the verifier passes max_block={backend.max_block_size} to a "
-            f"launcher that takes `max_block`)")
+            f"{backend.max_block_size} elements (launchers are verified with their own defaults, as production "
+            f"calls them; a launcher taking `max_block` gets max_block={backend.max_block_size} from the tuning)")
 
 
 def _regen_sources(op: Op, backend, verdict: Verdict, why: str, use_llm: bool,
@@ -282,6 +284,12 @@ def regenerate(backend: str, ops: Sequence[str] | None = None, jobs: int = 1, ex
                 else:
                     for label, source in _regen_sources(op, be, v, why, use_llm, notes[op.name]):
                         files = {str(variant_path(Path(), backend)): source}
+                        if "max_block" in launcher_params(source, op.spec.function):
+                            # The variant runs with its defaults in production: the backend's block limit
+                            # comes with it as its tuning.
+                            doc = {"backend": backend, "launch": {"max_block": be.max_block_size},
+                                   "note": "written by kernelgen regen: the backend's largest block"}
+                            files[str(tuning_path(Path(), backend))] = json.dumps(doc, indent=2) + "\n"
                         cands.append(_Candidate(op, kind, label, _stage(stage_root, op, backend, files), files))
             if not cands:
                 continue

@@ -67,12 +67,13 @@ def _zorbify_rows(x_ptr, y_ptr, stride_x_row, stride_x_col, stride_y_row, N, BLO
 
 
 def zorbify(x):
-    M, N = x.shape
-    y = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    if M == 0 or N == 0:
+    N = x.shape[-1]
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if y.numel() == 0:
         return y
+    x2 = x if x.dim() == 2 else x.view(-1, N)  # any leading dims, seen as rows
     block = min(triton.next_power_of_2(N), 1024)
-    _zorbify_rows[(M,)](x, y, x.stride(0), x.stride(1), y.stride(0), N, BLOCK_N=block)
+    _zorbify_rows[(x2.shape[0],)](x2, y, x2.stride(0), x2.stride(1), N, N, BLOCK_N=block)
     return y
 '''
 BROKEN = KERNEL.replace("def zorbify(x):", "def zorbify(x)")  # does not compile

@@ -40,6 +40,8 @@ class Watch:
     launches: Counter = field(default_factory=Counter)  # kernel name -> count
     aten_calls: Counter = field(default_factory=Counter)
     violations: list[str] = field(default_factory=list)
+    ghost: bool = False  # ghost replay: launches are counted but do not run
+    guarded: bool = False  # a dispatch guard is on: the launch's grid callable runs under it too
 
     @property
     def total_launches(self) -> int:
@@ -77,6 +79,16 @@ def _counting(run):
             return run(self, *args, **kwargs)
         fn = getattr(self, "fn", None)
         watch.launches[getattr(fn, "__name__", "kernel")] += 1
+        if watch.ghost:
+            return None  # ghost replay: whatever the outputs hold now was not computed by Triton
+        grid = kwargs.get("grid")
+        if watch.guarded and callable(grid):
+            # The grid callable is the candidate's code, run inside the launch: torch compute there counts.
+            def guarded_grid(meta, _grid=grid, _watch=watch):
+                with _GuardMode(_watch, False):
+                    return _grid(meta)
+
+            kwargs["grid"] = guarded_grid
         # The interpreter moves tensors between host copies with torch ops: those are Triton's, not the
         # candidate's, so no mode watches them.
         with _disable_current_modes():
@@ -113,10 +125,11 @@ def _install_launch_hooks() -> None:
 
 
 @contextlib.contextmanager
-def count_launches():
-    """Count Triton kernel launches (no dispatch mode): for checking that ATen overrides hit our kernels."""
+def count_launches(ghost: bool = False):
+    """Count Triton kernel launches (no dispatch mode): for checking that ATen overrides hit our kernels.
+    `ghost`: the launches do not run (ghost replay)."""
     _install_launch_hooks()
-    watch = Watch()
+    watch = Watch(ghost=ghost)
     prev = _current()
     _local.watch = watch
     try:
@@ -126,7 +139,8 @@ def count_launches():
 
 
 @contextlib.contextmanager
-def watch(poison: bool = True):
+def watch(poison: bool = True, ghost: bool = False):
     """Count launches, record ATen ops outside launches, poison allocations with NaN."""
-    with count_launches() as w, _GuardMode(w, poison):
+    with count_launches(ghost) as w, _GuardMode(w, poison):
+        w.guarded = True
         yield w

@@ -20,30 +20,86 @@ def torch_dtype(name: str) -> torch.dtype:
     return TORCH_DTYPES[name]
 
 
+LAYOUTS = ("contiguous", "strided", "transposed", "nd")
+ND_LEADING = (2, 3)  # the row dim becomes these leading dims in the "several leading dims" case
+
+
+def input_shape(spec: OpSpec, inp, dims: dict[str, int], layout: str = "contiguous") -> list[int]:
+    shape = [int(d) if d.isdigit() else dims[d] for d in inp.shape]
+    if layout == "nd" and inp.shape and inp.shape[0] == spec.row_dim:
+        shape = list(ND_LEADING) + shape[1:]
+    return shape
+
+
+def nd_applies(spec: OpSpec) -> bool:
+    """Whether any tensor input leads with the row dim (only those get several leading dims)."""
+    return any(i.shape and i.shape[0] == spec.row_dim for i in spec.tensor_inputs())
+
+
 def make_inputs(
-    spec: OpSpec, dims: dict[str, int], dtype: str, device: str, seed: int, strided: bool = False
+    spec: OpSpec, dims: dict[str, int], dtype: str, device: str, seed: int, strided: bool = False,
+    layout: str = "contiguous", magnitude: float = 1.0, special_rows: bool = False,
 ) -> list[Any]:
-    """Fresh random inputs, in the launcher's argument order. `strided`: every tensor of 2+ dims gets
-    rows longer than its last dim (a slice of a wider buffer), so its row stride differs from its width."""
+    """Fresh random inputs, in the launcher's argument order.
+
+    layout: "strided": every tensor of 2+ dims gets rows longer than its last dim (a slice of a wider
+    buffer); "transposed": a 2-D tensor is the transpose of a contiguous buffer, a tensor of more dims
+    takes every other element of a wider one, so its last dim has a stride other than 1; "nd": tensors
+    that lead with the row dim get several leading dims.
+    magnitude: the first float input is multiplied by it (large values break half-precision sums).
+    special_rows: in the first float input, row 0 is all zeros and row 1 constant."""
+    if strided:
+        layout = "strided"
     gen = torch.Generator(device="cpu").manual_seed(seed)
     args: list[Any] = []
+    first_float = True
     for inp in spec.inputs:
         if inp.kind != "tensor":
             args.append(inp.value)
             continue
-        shape = [int(d) if d.isdigit() else dims[d] for d in inp.shape]
+        shape = input_shape(spec, inp, dims, layout)
         dt = torch_dtype(dtype if inp.dtype == "input" else inp.dtype)
-        alloc = list(shape)
-        if strided and len(shape) >= 2:
-            alloc[-1] += ROW_PAD
-        if inp.fill == "index":
-            t = _index_fill(inp, dims, alloc, dt, gen)
+        def fill(alloc: list[int], inp=inp, dt=dt) -> torch.Tensor:
+            return _index_fill(inp, dims, alloc, dt, gen) if inp.fill == "index" else _fill(inp.fill, alloc, dt, gen)
+
+        if layout == "strided" and len(shape) >= 2:
+            t = fill(shape[:-1] + [shape[-1] + ROW_PAD])[..., : shape[-1]]
+        elif layout == "transposed" and len(shape) == 2:
+            t = fill([shape[1], shape[0]]).t()
+        elif layout == "transposed" and len(shape) > 2:
+            # every other element of a wider buffer: a column stride of 2, rows that still flatten
+            t = fill(shape + [2])[..., 0]
         else:
-            t = _fill(inp.fill, alloc, dt, gen)
-        if alloc != shape:
-            t = t[..., : shape[-1]]
-        args.append(t.to(device))
+            t = fill(shape)
+        if dt.is_floating_point and first_float and inp.dtype == "input":
+            first_float = False
+            if magnitude != 1.0:
+                t.mul_(magnitude)
+            if special_rows and t.dim() >= 2 and t.numel():
+                _special(t)
+        args.append(to_device(t, device))
     return args
+
+
+def to_device(t: torch.Tensor, device: str, copy: bool = False) -> torch.Tensor:
+    """`t` on `device` with its strides, storage offset and the bytes around it (a strided view stays a
+    view into a wider buffer; a plain `.to()` would make it contiguous). `copy`: a new storage even when
+    `t` is already there."""
+    if (str(t.device) == device or t.device.type == device) and not copy:
+        return t
+    st = t.untyped_storage()
+    whole = torch.empty(0, dtype=t.dtype, device=t.device).set_(st, 0, (st.nbytes() // t.element_size(),))
+    moved = whole.to(device, copy=True)
+    return moved.as_strided(t.shape, t.stride(), t.storage_offset())
+
+
+def _special(t: torch.Tensor) -> None:
+    """Row 0 all zeros, row 1 (when there is one) constant: a dropped eps divides by zero there, and a
+    variance of a constant row is exactly zero."""
+    index = (0,) * (t.dim() - 1)
+    t[index].zero_()
+    if t.shape[-2] > 1:
+        t[index[:-1] + (1,)].fill_(1.5)
 
 
 def _index_fill(inp, dims: dict[str, int], shape: list[int], dt: torch.dtype, gen: torch.Generator) -> torch.Tensor:
@@ -75,12 +131,21 @@ def _fill(fill: str, shape: list[int], dt: torch.dtype, gen: torch.Generator) ->
 
 
 def reference_function(spec: OpSpec):
-    """The spec's `reference(...)`, compiled with torch, F and math in scope."""
+    """The spec's `reference(...)`, compiled with torch, F and math in scope. Runs the spec's code: call it
+    in this process only for a trusted spec (the shipped library, the user's own); otherwise see
+    `kernelgen.verify.references`."""
+    try:
+        return reference_source_function(spec.reference, f"{spec.name}:reference")
+    except ValueError:
+        raise ValueError(f"{spec.source}: field 'reference' must define a function named reference(...)") from None
+
+
+def reference_source_function(source: str, filename: str = "reference"):
     env: dict[str, Any] = {"torch": torch, "F": torch.nn.functional, "math": math}
-    exec(compile(spec.reference, f"{spec.name}:reference", "exec"), env)
+    exec(compile(source, filename, "exec"), env)
     fn = env.get("reference")
     if not callable(fn):
-        raise ValueError(f"{spec.source}: field 'reference' must define a function named reference(...)")
+        raise ValueError(f"{filename}: must define a function named reference(...)")
     return fn
 
 

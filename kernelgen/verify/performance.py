@@ -32,13 +32,18 @@ def input_sets(spec: OpSpec, dims: dict[str, int], dtype: str, device: str, seed
     return [first] + [make_inputs(spec, dims, dtype, device, seed + k) for k in range(1, copies)]
 
 
-def rotating(fn, input_sets: list[list[Any]]):
+def rotating(fn, input_sets: list[list[Any]], last: dict[str, Any] | None = None):
+    """A no-argument call of `fn` on the next input set. `last`: gets the latest output and its set index
+    (the outputs of timed runs are checked too)."""
     state = {"i": 0}
 
     def call():
-        args = input_sets[state["i"] % len(input_sets)]
+        k = state["i"] % len(input_sets)
         state["i"] += 1
-        return fn(*args)
+        out = fn(*input_sets[k])
+        if last is not None:
+            last["set"], last["outputs"] = k, out
+        return out
 
     return call
 
@@ -46,7 +51,11 @@ def rotating(fn, input_sets: list[list[Any]]):
 def measure(
     spec: OpSpec, launcher, backend: Backend, dtypes: tuple[str, ...] = PERF_DTYPES,
     shapes: list[dict[str, int]] | None = None, with_compile: bool = True, seed: int = 1234,
+    timed_outputs: list[dict[str, Any]] | None = None, keep_numel: int = 1 << 22,
 ) -> list[dict[str, Any]]:
+    """Timing rows. `timed_outputs`: gets, per timed shape whose first input has at most `keep_numel`
+    elements, the kernel's output of its last timed call and the input set it ran on (seed, set index),
+    so the parent can check what the timed runs computed."""
     if not backend.measures_performance:
         return []
     reference = reference_function(spec)
@@ -70,9 +79,16 @@ def measure(
             # Interleaved rounds, median per contender: a passing hiccup of the host (launch-bound small
             # shapes are sensitive to it) lands in one round of one contender, not in the result.
             samples: dict[str, list[float]] = {k: [] for k in fns}
+            last: dict[str, Any] = {}
             for _ in range(ROUNDS):
                 for key, fn in fns.items():
-                    samples[key].append(backend.bench(rotating(fn, sets), rep_ms=REP_MS))
+                    timed = rotating(fn, sets, last if key == "kernel" else None)
+                    samples[key].append(backend.bench(timed, rep_ms=REP_MS))
+            first_tensor = next((a for a in first if isinstance(a, torch.Tensor)), None)
+            if timed_outputs is not None and last and first_tensor is not None and first_tensor.numel() <= keep_numel:
+                outs = last["outputs"] if isinstance(last["outputs"], (tuple, list)) else (last["outputs"],)
+                timed_outputs.append({"dtype": dtype, "dims": dict(dims), "seed": seed, "set": last["set"],
+                                      "outputs": [o.clone() if isinstance(o, torch.Tensor) else None for o in outs]})
             for key, vals in samples.items():
                 row[f"{key}_ms"] = statistics.median(vals)
             row["speedup_eager"] = row["eager_ms"] / row["kernel_ms"]

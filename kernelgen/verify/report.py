@@ -93,6 +93,16 @@ def to_markdown(verdicts: Sequence[Verdict], title: str = "kernelgen verify") ->
     accuracy_only = [v for v in verdicts if v.passed and not v.performance]
     if accuracy_only and perf:
         lines += ["", "_Accuracy only: " + ", ".join(v.op for v in accuracy_only) + "._"]
+    widened = [(v, t) for v in verdicts for t in getattr(v, "tolerances", [])]
+    if widened:  # a spec that relaxes the bar says so where reviewers look
+        lines += ["", "#### Widened tolerances", "", "| op | dtype | atol | rtol | default | reason |",
+                  "|---|---|---|---|---|---|"]
+        for v, t in widened:
+            lines.append(f"| {_cell(v.op)} | {t['dtype']} | {t['atol']:g} | {t['rtol']:g} | "
+                         f"{t['default'][0]:g}, {t['default'][1]:g} | {_cell(t['reason'])} |")
+    unsandboxed = [v.op for v in verdicts if v.check not in ("static", "spec") and not getattr(v, "sandboxed", True)]
+    if unsandboxed:
+        lines += ["", "_Verified without the sandbox: " + ", ".join(unsandboxed) + "._"]
     return "\n".join(lines) + "\n"
 
 

@@ -1,27 +1,36 @@
-"""Running candidates where they cannot hurt the run: static check, then a fresh subprocess per candidate.
+"""Running candidates where they cannot hurt the run, and the public entry points of verification.
 
-Each candidate gets its own Python process (`kernelgen.verify.worker`) in a new session, so a hang is
-killed with its whole process group, a crash (SIGSEGV, SIGABRT, an OOM kill) is a verdict for that
-candidate only, and no GPU context or Triton state is shared between candidates. Verification records
-(`verified/<backend>.json`) are written here, in the parent, from the verdict the child returned.
+Each candidate gets one child process (`python -m kernelgen.verify.worker`) per backend, behind the wall
+(`kernelgen.verify.wall`: bubblewrap, no network, read-only system, private scratch folder, PID namespace,
+rlimits). It receives a plan of calls with their inputs and returns outputs; a hang is killed after the
+timeout with everything it started, a crash (SIGSEGV, SIGABRT, an OOM kill) is a verdict for that
+candidate only, and no GPU context or Triton state is shared between candidates. Comparisons, verdicts and
+verification records (`verified/<backend>.json`) happen here, in the parent.
+
+Trust: a candidate kernel is always untrusted. A spec's reference is trusted when the op comes from the
+shipped library (or the caller says so); otherwise it is evaluated in a sandboxed process of its own. When
+no sandbox can start, shipped-library ops still run in plain processes (with a warning) and anything else
+is refused (`SandboxUnavailable`), unless the caller turned the sandbox off (`--no-sandbox`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
-import time
+import threading
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
-from kernelgen.library import library_roots, load_op, ops_dir, source_hash, write_record
-from kernelgen.verify.static import check_source
+from kernelgen.library import builtin_library, library_roots, load_op, ops_dir, source_hash, write_record
+from kernelgen.verify import wall
+from kernelgen.verify.static import check_reference, check_source
 from kernelgen.verify.verdict import Verdict
+from kernelgen.verify.wall import SandboxUnavailable
 
 DEFAULT_TIMEOUT = 120.0
 STDERR_TAIL_LINES = 12
@@ -33,7 +42,67 @@ SIGNAL_HINTS = {
     "SIGKILL": "killed (out of memory, or by the timeout)",
     "SIGFPE": "arithmetic fault",
     "SIGILL": "illegal instruction",
+    "SIGXCPU": "CPU time limit exceeded",
+    "SIGXFSZ": "file size limit exceeded",
 }
+_no_sandbox = False  # set by --no-sandbox: every candidate runs in a plain process (trusted code only)
+_warned: set[str] = set()
+_warn_lock = threading.Lock()
+
+
+def set_no_sandbox(flag: bool = True) -> None:
+    """Process-wide: run candidates without the sandbox (the CLI's --no-sandbox, for trusted code only)."""
+    global _no_sandbox
+    _no_sandbox = flag
+    if flag:
+        _warn_once("off", "the sandbox is OFF (--no-sandbox): candidate code runs with your rights, network and "
+                   "files; use it for trusted code only")
+
+
+def sandbox_disabled() -> bool:
+    """Whether --no-sandbox is in effect in this process (callers that start their own sandboxed work,
+    such as the agent's reuse check, follow it)."""
+    return _no_sandbox
+
+
+def _warn_once(key: str, message: str) -> None:
+    with _warn_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    print(f"warning: {message}", file=sys.stderr)
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def is_shipped_op(folder: Path) -> bool:
+    """An op folder of the library shipped with kernelgen (its reference is trusted)."""
+    return Path(folder).resolve().parent == ops_dir(builtin_library()).resolve()
+
+
+def sandbox_mode(folder: Path, backend: str, sandbox: bool | None) -> bool:
+    """Whether this candidate runs behind the wall. Raises SandboxUnavailable when it must but cannot."""
+    from kernelgen.backends import get_backend
+
+    if sandbox is False or (sandbox is None and _no_sandbox):
+        return False
+    problem = wall.sandbox_problem(get_backend(backend).device == "cuda")
+    if not problem:
+        return True
+    if sandbox is None and is_shipped_op(folder):
+        _warn_once("plain", f"{problem}; shipped library ops are verified in plain processes")
+        return False
+    raise SandboxUnavailable(problem)
+
+
+def require_sandbox(backend: str) -> None:
+    """Raise SandboxUnavailable (one line naming the fix) unless untrusted candidates can run here."""
+    from kernelgen.backends import get_backend
+
+    if _no_sandbox:
+        return
+    problem = wall.sandbox_problem(get_backend(backend).device == "cuda")
+    if problem:
+        raise SandboxUnavailable(problem)
 
 
 def static_verdict(folder: Path, backend: str, candidate: str = "") -> Verdict | None:
@@ -45,26 +114,40 @@ def static_verdict(folder: Path, backend: str, candidate: str = "") -> Verdict |
     kernel = op.kernel_path_for(backend)
     problem = check_source(kernel.read_text(), str(kernel.relative_to(folder)))
     if problem is None:
-        problem = check_source(op.spec.reference, "spec.toml reference")
+        problem = check_reference(op.spec.reference, "spec.toml reference")
     if problem is None:
         return None
     return Verdict.fail(op.name, backend, "static", problem, source_hash=op.source_hash(backend),
                         candidate=candidate or op.name)
 
 
-def _worker_env(interpret: bool, device: str | None = None) -> dict[str, str]:
-    env = dict(os.environ)
+def child_env(scratch: Path, interpret: bool, device: str | None = None) -> dict[str, str]:
+    extra = {"PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2])] + [
+        p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
     if device is not None:
-        env["CUDA_VISIBLE_DEVICES"] = device  # one GPU per parallel worker (verify_many with jobs > 1)
+        extra["CUDA_VISIBLE_DEVICES"] = device  # one GPU per parallel worker (verify_many with jobs > 1)
+    env = wall.sandbox_env(scratch, extra)
     if interpret:
         env["TRITON_INTERPRET"] = "1"
     else:
         env.pop("TRITON_INTERPRET", None)  # compiled kernels: a stray 1 would silently interpret them
-    # The child must import this very kernelgen, whatever its working directory.
-    pkg_parent = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    env["PYTHONFAULTHANDLER"] = "1"
     return env
+
+
+def compile_cache(folder: Path, backend: str) -> Path:
+    """Triton's (and torch.compile's) cache for one candidate source on one backend, kept between
+    verifications (compiling every kernel again each time would dominate a GPU run). Keyed by the source
+    hash, so what a candidate writes there can only ever be read by a later run of that very source, never
+    by another op or by production (which uses Triton's own cache)."""
+    root = os.environ.get("KERNELGEN_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "kernelgen")
+    path = Path(root).expanduser() / "sandbox-triton" / backend / source_hash(folder, backend)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def child_argv(scratch: Path, reference: bool = False) -> list[str]:
+    return [sys.executable, "-m", "kernelgen.verify.worker", str(scratch)] + (["--reference"] if reference else [])
 
 
 def _tail(text: str) -> str:
@@ -77,13 +160,6 @@ def _tail(text: str) -> str:
     return "\n".join((fatal if fatal and fatal[0] not in tail else []) + tail)
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 def _signal_name(returncode: int) -> str:
     # A negative code is the signal that ended the child; shells report 128+N for the same thing.
     num = -returncode if returncode < 0 else returncode - 128 if returncode > 128 else 0
@@ -93,55 +169,69 @@ def _signal_name(returncode: int) -> str:
         return f"signal {num}"
 
 
-def run_worker(folder: Path, backend: str, interpret: bool, timeout: float, perf: bool, trials: int,
-               with_compile: bool, seed: int | None, candidate: str, device: str | None = None) -> tuple[Verdict, bool]:
-    """Verify `folder` in a fresh subprocess; every way that process can end becomes a verdict. The flag
-    says whether the candidate got to run (False when the backend could not even be set up there)."""
-    name = folder.name
+def describe_exit(run: wall.WalledRun, timeout: float) -> str:
+    if run.timed_out:
+        return (f"timed out after {timeout:g}s (hang or infinite loop); it was killed with everything it started")
+    sig = _signal_name(run.returncode)
+    how = f"was killed by {sig} ({SIGNAL_HINTS[sig]})" if sig in SIGNAL_HINTS else (
+        f"was killed by {sig}" if sig else f"exited with code {run.returncode} without results")
+    tail = _tail(run.stderr)
+    return how + (f"; stderr tail:\n{tail}" if tail else "")
+
+
+SANITIZER_EXIT = 86  # compute-sanitizer's exit code when memcheck found an error
+
+
+def sanitizer_binary() -> str | None:
+    import shutil
+
+    found = shutil.which("compute-sanitizer")
+    if found:
+        return found
+    for home in (os.environ.get("CUDA_HOME", ""), "/usr/local/cuda"):
+        candidate = Path(home) / "bin" / "compute-sanitizer"
+        if home and candidate.is_file():
+            return str(candidate)
+    return None
+
+
+def run_child(wire: dict[str, Any], backend, timeout: float, sandbox: bool, device: str | None,
+              sanitize: bool = False) -> tuple[dict[str, Any], str]:
+    """Run the plan in a fresh child; (results, "") or ({}, why the child gave no results). `sanitize`:
+    under NVIDIA's compute-sanitizer memcheck (out-of-bounds and misaligned accesses), CUDA only."""
+    import torch
+
+    from kernelgen.verify.worker import PLAN, RESULTS
+
     with tempfile.TemporaryDirectory(prefix="kernelgen-verify-") as tmp:
-        result = Path(tmp) / "verdict.json"
-        cmd = [sys.executable, "-m", "kernelgen.verify.worker", str(folder), "--backend", backend,
-               "--result", str(result), "--trials", str(trials), "--candidate", candidate or name]
-        if not perf:
-            cmd.append("--no-perf")
-        if not with_compile:
-            cmd.append("--no-compile")
-        if seed is not None:
-            cmd += ["--seed", str(seed)]
-        t0 = time.perf_counter()
-        # cwd is the scratch folder: whatever the candidate writes relative to it goes away with it.
-        proc = subprocess.Popen(cmd, cwd=tmp, env=_worker_env(interpret, device), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True)
+        scratch = Path(tmp)
+        torch.save(wire, scratch / PLAN)
+        env = child_env(scratch, backend.interpret, device)
+        writable = []
+        if not backend.interpret:
+            cache = compile_cache(Path(wire["folder"]), backend.name)
+            env["TRITON_CACHE_DIR"] = str(cache / "triton")
+            env["TORCHINDUCTOR_CACHE_DIR"] = str(cache / "inductor")  # the torch.compile baseline's
+            writable.append(cache)
+        argv = child_argv(scratch)
+        if sanitize:
+            tool = sanitizer_binary()
+            if tool is None:
+                return {}, "--sanitize needs NVIDIA's compute-sanitizer (CUDA toolkit) on PATH or in CUDA_HOME/bin"
+            argv = [tool, "--tool", "memcheck", "--error-exitcode", str(SANITIZER_EXIT), "--print-limit", "10",
+                    "--target-processes", "all"] + argv
+        run = wall.run_walled(argv, scratch, timeout, sandbox=sandbox,
+                              cuda=backend.device == "cuda", env=env, readable=[Path(wire["folder"])],
+                              writable=writable)
+        results = scratch / RESULTS
+        if sanitize and run.returncode == SANITIZER_EXIT:
+            return {}, "compute-sanitizer memcheck found invalid memory accesses:\n" + _tail(run.stderr)
+        if run.timed_out or not results.is_file():
+            return {}, f"worker {describe_exit(run, timeout)}"
         try:
-            _, err = proc.communicate(timeout=timeout)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            try:
-                _, err = proc.communicate(timeout=10)
-            except subprocess.TimeoutExpired:
-                err = ""
-            timed_out = True
-        _kill_group(proc)  # helpers it left behind (compile workers, a forked child) go with it
-        wall = time.perf_counter() - t0
-        base = dict(candidate=candidate or name, wall_s=wall)
-        if timed_out:
-            return Verdict.fail(name, backend, "sandbox", f"timed out after {timeout:g}s (hang or infinite loop); "
-                                "the process group was killed", **base), True
-        if result.is_file():
-            try:
-                verdict = Verdict.from_dict(json.loads(result.read_text()))
-                verdict.wall_s = wall
-                return verdict, bool(verdict.device)
-            except (json.JSONDecodeError, TypeError) as exc:
-                message = f"unreadable verdict from the worker: {exc}"
-                return Verdict.fail(name, backend, "sandbox", message, **base), True
-        sig = _signal_name(proc.returncode)
-        how = f"killed by {sig} ({SIGNAL_HINTS[sig]})" if sig in SIGNAL_HINTS else (
-            f"killed by {sig}" if sig else f"exited with code {proc.returncode} without a verdict")
-        tail = _tail(err or "")
-        message = f"worker {how}" + (f"; stderr tail:\n{tail}" if tail else "")
-        return Verdict.fail(name, backend, "sandbox", message, **base), True
+            return torch.load(results, weights_only=True, map_location="cpu"), ""
+        except Exception as exc:  # a truncated or forged file: whatever it is, it is not a result
+            return {}, f"unreadable results from the worker: {type(exc).__name__}: {exc}"[:500]
 
 
 def is_library_op(folder: Path) -> bool:
@@ -153,19 +243,26 @@ def is_library_op(folder: Path) -> bool:
 
 def check_candidate(folder: str | Path, backend: str, timeout: float = DEFAULT_TIMEOUT, perf: bool = True,
                     trials: int = 3, with_compile: bool = True, seed: int | None = None, candidate: str = "",
-                    device: str | None = None) -> tuple[Verdict, bool]:
-    """Static check, then the sandboxed run; writes nothing. The flag says whether the candidate ran (only
-    then may its verdict become a record). `device`: the CUDA_VISIBLE_DEVICES the worker gets."""
+                    device: str | None = None, sandbox: bool | None = None,
+                    trusted_reference: bool | None = None, sanitize: bool = False) -> tuple[Verdict, bool]:
+    """Static check, spec rules, then the sandboxed run; writes nothing. The flag says whether the candidate
+    ran (only then may its verdict become a record). `device`: the CUDA_VISIBLE_DEVICES the worker gets.
+    `sandbox`: None = behind the wall when one can start (see `sandbox_mode`); `trusted_reference`: None =
+    trusted only for ops of the shipped library. Raises SandboxUnavailable when the candidate may not run."""
     from kernelgen.backends import get_backend
+    from kernelgen.verify.engine import verify_folder
 
     folder = Path(folder).resolve()
-    be = get_backend(backend)  # raises BackendError for an unknown name: a usage error, not a verdict
+    get_backend(backend)  # raises BackendError for an unknown name: a usage error, not a verdict
     rejected = static_verdict(folder, backend, candidate)
     if rejected is not None:
         return rejected, False
+    walled = sandbox_mode(folder, backend, sandbox)
+    trusted = is_shipped_op(folder) if trusted_reference is None else trusted_reference
     before = source_hash(folder, backend)
-    verdict, ran = run_worker(folder, backend, be.interpret, timeout, perf and be.measures_performance, trials,
-                              with_compile, seed, candidate, device)
+    verdict, ran = verify_folder(folder, backend, trials=trials, perf=perf, with_compile=with_compile, seed=seed,
+                                 candidate=candidate, timeout=timeout, sandbox=walled, trusted_reference=trusted,
+                                 device=device, sanitize=sanitize)
     verdict.source_hash = verdict.source_hash or before
     return verdict, ran and source_hash(folder, backend) == before
 
@@ -185,11 +282,13 @@ def record_verdict(folder: str | Path, backend: str, verdict: Verdict, ran: bool
 
 def verify_candidate(folder: str | Path, backend: str, timeout: float = DEFAULT_TIMEOUT, perf: bool = True,
                      trials: int = 3, write: bool = False, with_compile: bool = True, seed: int | None = None,
-                     candidate: str = "", device: str | None = None) -> Verdict:
+                     candidate: str = "", device: str | None = None, sandbox: bool | None = None,
+                     trusted_reference: bool | None = None, sanitize: bool = False) -> Verdict:
     """Static check, then the sandboxed run. `write`: store the verdict as the op's verified/<backend>.json
     (library ops only, and only when the candidate actually ran and its source did not change meanwhile)."""
     verdict, ran = check_candidate(folder, backend, timeout=timeout, perf=perf, trials=trials,
-                                   with_compile=with_compile, seed=seed, candidate=candidate, device=device)
+                                   with_compile=with_compile, seed=seed, candidate=candidate, device=device,
+                                   sandbox=sandbox, trusted_reference=trusted_reference, sanitize=sanitize)
     if write:
         record_verdict(folder, backend, verdict, ran)
     return verdict
@@ -216,12 +315,16 @@ def gpu_slots(backend: str, jobs: int) -> list[str | None]:
 def verify_many(folders: Sequence[str | Path], backend: str, jobs: int = 1, timeout: float = DEFAULT_TIMEOUT,
                 perf: bool = True, trials: int = 3, write: bool = False, with_compile: bool = True,
                 seed: int | None = None, on_start: Callable[[Path], None] | None = None,
-                on_done: Callable[[Verdict], None] | None = None) -> list[Verdict]:
+                on_done: Callable[[Verdict], None] | None = None, sandbox: bool | None = None,
+                trusted_reference: bool | None = None, sanitize: bool = False) -> list[Verdict]:
     """Verify every folder (in order of `folders` in the result), `jobs` subprocesses at a time. A candidate
-    that fails in any way — even the verifier failing on it — is a verdict; the run always goes on."""
+    that fails in any way — even the verifier failing on it — is a verdict; the run always goes on. Raises
+    SandboxUnavailable before anything runs when some folder needs a sandbox that cannot start."""
     import queue
 
     paths = [Path(f) for f in folders]
+    for path in paths:
+        sandbox_mode(path.resolve(), backend, sandbox)  # refuse the whole run up front, not op by op
     slots: queue.Queue = queue.Queue()
     for device in gpu_slots(backend, min(jobs, len(paths))):
         slots.put(device)
@@ -232,7 +335,10 @@ def verify_many(folders: Sequence[str | Path], backend: str, jobs: int = 1, time
         device = slots.get()  # a worker holds its GPU for the whole candidate
         try:
             v = verify_candidate(path, backend, timeout=timeout, perf=perf, trials=trials, write=write,
-                                 with_compile=with_compile, seed=seed, device=device)
+                                 with_compile=with_compile, seed=seed, device=device, sandbox=sandbox,
+                                 trusted_reference=trusted_reference, sanitize=sanitize)
+        except SandboxUnavailable:
+            raise
         except Exception as exc:
             v = Verdict.fail(path.name, backend, "sandbox", f"verifier error: {type(exc).__name__}: {exc}")
         finally:

@@ -6,7 +6,11 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-CHECKS = ("static", "sandbox", "accuracy", "anticheat", "performance")
+# The first failing check of a verdict, in the order they run:
+# static (kernel or reference source), spec (the spec lowers the bar), sandbox (crash, hang, violation),
+# anticheat, outputs (dtype/shape/device/fresh storage), inputs (changed by the call), accuracy, adapter
+# (an [[aten]] adapter through the dispatcher), performance.
+CHECKS = ("static", "spec", "sandbox", "accuracy", "outputs", "inputs", "adapter", "anticheat", "performance")
 SPEED_KEYS = ("performance", "speedup_vs_eager", "speedup_vs_compile", "min_speedup_vs_eager")
 
 
@@ -25,6 +29,10 @@ class Verdict:
     launches: int = 0
     wall_s: float = 0.0
     candidate: str = ""  # label of the candidate (library op, composer, llm-1, ...)
+    seed: int = 0  # base seed of the accuracy inputs (rerun with --seed to reproduce)
+    sandboxed: bool = False  # the candidate ran behind the wall (bubblewrap), not in a plain process
+    trusted_reference: bool = False  # the spec's reference was evaluated in the parent (shipped library op)
+    tolerances: list[dict[str, Any]] = field(default_factory=list)  # widened tolerances and their reasons
 
     @classmethod
     def fail(cls, op: str, backend: str, check: str, message: str, **kw: Any) -> Verdict:
