@@ -231,13 +231,46 @@ def _finish_run(result: dict, as_json: bool) -> None:
         if result.get("llm", {}).get("error"):
             why += f"; and the LLM could not write the spec: {result['llm']['error']}"
         fail(f"cannot understand the request: {why}{hint}")
+    if status == "failed" and not result.get("candidates") and (result.get("lowering") or {}).get("reason"):
+        # understood (the reference is above) but no template fits it and no LLM wrote a kernel
+        err_console.print(f"[red]no kernel:[/] no template fits the reference: {result['lowering']['reason']}"
+                          + ("" if result.get("llm", {}).get("enabled") else
+                             "; set KERNELGEN_BASE_URL or OPENAI_API_KEY to let an LLM write it"),
+                          highlight=False, soft_wrap=True)
     if status not in RUN_OK:
         raise typer.Exit(1)
 
 
+def _request_or_reference(request: str | None, reference: Path | None) -> str:
+    """The run's request text: the words / formula, or the reference file's path (checked to load here, so a
+    bad file is a one-line error before any run starts)."""
+    if reference is not None:
+        if request:
+            fail("give either a request or --reference FILE, not both")
+        from kernelgen.codegen.trace import TraceError, trace_reference
+        from kernelgen.frontends.reference_file import ReferenceFileError, load_reference_file
+
+        if not reference.is_file():
+            fail(f"--reference {reference}: no such file")
+        try:
+            trace_reference(load_reference_file(reference))
+        except ReferenceFileError as exc:
+            fail(str(exc))
+        except TraceError as exc:
+            fail(f"{reference}: {exc}")
+        return str(reference)
+    if not request or not request.strip():
+        fail("the request is empty; say what the op computes, e.g. \"fused rmsnorm + residual\", "
+             "or give --reference FILE")
+    return request
+
+
 @app.command("new")
 def new_op(
-    request: str = typer.Argument(..., help='What the op computes, e.g. "fused rmsnorm + residual".'),
+    request: str | None = typer.Argument(None, help='What the op computes, e.g. "fused rmsnorm + residual" or '
+                                         '"y = silu(x + bias)" (or give --reference FILE).'),
+    reference: Path | None = typer.Option(None, "--reference", help="A Python file with a reference(...) "
+                                          "function or a KernelBench problem (class Model, get_inputs())."),
     name: str | None = typer.Option(None, "--name", help="Op name (default: derived from the request)."),
     backend: list[str] | None = typer.Option(None, "--backend", "-b",
                                              help="Verify on these backends (default: every available one)."),
@@ -254,7 +287,8 @@ def new_op(
     timeout: float = typer.Option(300.0, "--timeout", min=1.0, help="Seconds per candidate and backend."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable result on stdout."),
 ) -> None:
-    """Generate an op from a sentence: understand, retrieve, generate, verify, repair, select, merge."""
+    """Generate an op from words, a formula or a reference file: understand, retrieve, generate, verify,
+    repair, select, merge."""
     from kernelgen.agents.graph import llm_settings, start_run
     from kernelgen.agents.llm import llm_configured
     from kernelgen.agents.runs import new_run_id
@@ -262,8 +296,6 @@ def new_op(
     from kernelgen.library import builtin_library
     from kernelgen.spec import NAME_RE
 
-    if not request.strip():
-        fail("the request is empty; say what the op computes, e.g. \"fused rmsnorm + residual\"")
     if name is not None and not NAME_RE.match(name):
         fail(f"--name must be lower_snake_case (letters, digits, _), got {name!r}")
     names = _backend_names(backend) if backend else [b.name for b in available_backends()]
@@ -277,7 +309,9 @@ def new_op(
     use_llm = llm_configured() if llm is None else llm
     if llm and not llm_configured():
         fail("--llm needs KERNELGEN_BASE_URL (an OpenAI-compatible server) or OPENAI_API_KEY")
+    request = _request_or_reference(request, reference)
     options = {
+        "reference_file": str(reference.expanduser().resolve()) if reference is not None else None,
         "name": name, "library": str((library or builtin_library()).expanduser().resolve()), "backends": names,
         "candidates": candidates, "rounds": rounds, "dry_run": dry_run, "replace": replace, "trials": trials,
         "timeout": timeout, "perf": True, "with_compile": True,
@@ -295,29 +329,76 @@ def new_op(
 
 @app.command("compose")
 def compose_cmd(
-    request: str = typer.Argument(..., help='What the op computes, e.g. "fused rmsnorm + residual".'),
+    request: str | None = typer.Argument(None, help='What the op computes, e.g. "fused rmsnorm + residual" '
+                                         '(or give --reference FILE).'),
+    reference: Path | None = typer.Option(None, "--reference", help="A Python file with a reference(...) "
+                                          "function or a KernelBench problem."),
     out: str | None = typer.Option(None, "--out", help="Write the op folder (kernel.py + spec.toml) here."),
     name: str | None = typer.Option(None, "--name", help="Op name (default: derived from the request)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Dry run of the embedded composer: print what it understood and the spec; --out writes the op folder."""
-    from pathlib import Path
-
-    from kernelgen.frontends.composer import ComposeError, compose
-    from kernelgen.spec import dump_spec
+    """Dry run of understand: the reference, its lowering to a kernel (or why none fits) and the spec;
+    --out writes the op folder. Exit 1 when no template fits (nothing written)."""
+    from kernelgen.agents.understand import text_front_end
+    from kernelgen.spec import NAME_RE, dump_spec
 
     out_dir = Path(out) if out is not None else None
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         fail(f"--out {out} exists and is not a folder")
+    if name is not None and not NAME_RE.match(name):
+        fail(f"--name must be lower_snake_case (letters, digits, _), got {name!r}")
+    request = _request_or_reference(request, reference)
+    if reference is None and text_front_end() is None:
+        return _compose_words(request, name, out_dir, as_json)
+    from kernelgen.codegen.from_reference import generate
+    from kernelgen.frontends.composer import ComposeError
+    from kernelgen.frontends.reference_file import ReferenceFileError, load_reference_file
+
+    try:
+        ref = load_reference_file(reference, name) if reference is not None else text_front_end()(request, name)
+        gen = generate(ref, name)
+    except (ComposeError, ReferenceFileError, ValueError) as exc:
+        fail(str(exc))
+    written = str(gen.write(out_dir)) if out_dir is not None and gen.lowered else None
+    if as_json:
+        emit_json({"request": request, "name": gen.spec.name, "summary": gen.summary, "reference": ref.source,
+                   "notes": ref.notes, "lowered": gen.lowered, "refusal": gen.refusal, "trace_mode": gen.trace_mode,
+                   "ops": gen.ops, "spec": gen.spec.to_dict(), "written": written})
+    else:
+        _print_reference(ref.source, ref.notes)
+        colour = "bold" if gen.lowered else "red"
+        console.print(f"[{colour}]{gen.spec.name}[/]: {gen.summary}", highlight=False, soft_wrap=True)
+        console.print(dump_spec(gen.spec), highlight=False, markup=False)
+        if written:
+            console.print(f"wrote {written}/kernel.py and spec.toml", highlight=False)
+    if not gen.lowered:
+        raise typer.Exit(1)
+
+
+def _print_reference(source: str, notes: list[str]) -> None:
+    console.print("[bold]understood as:[/]", highlight=False)
+    console.print(source.strip("\n"), highlight=False, markup=False)
+    for note in notes:
+        console.print(f"# {note}", highlight=False, markup=False, style="dim")
+
+
+def _compose_words(request: str, name: str | None, out_dir: Path | None, as_json: bool) -> None:
+    """`compose` for words while no text front end is installed: the composer's own reading."""
+    from kernelgen.frontends.composer import ComposeError, compose
+    from kernelgen.spec import dump_spec
+
     try:
         comp = compose(request, name)
     except ComposeError as exc:
         fail(str(exc))
     written = str(comp.write(out_dir)) if out_dir is not None else None
+    notes = ["written by the words composer from its own reading of the request"]
     if as_json:
         emit_json({"request": request, "name": comp.spec.name, "summary": comp.summary,
+                   "reference": comp.spec.reference, "notes": notes, "lowered": True, "refusal": "",
                    "spec": comp.spec.to_dict(), "written": written})
         return
+    _print_reference(comp.spec.reference, notes)
     console.print(f"[bold]{comp.spec.name}[/]: {comp.summary}", highlight=False)
     console.print(dump_spec(comp.spec), highlight=False, markup=False)
     if written:
