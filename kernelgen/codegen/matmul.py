@@ -117,7 +117,8 @@ def matmul_source(g: FusionGraph, fn: str, request: str) -> str:
         ' epilogue fused; any strides. max_block caps the N tile."""',
         *_input_checks(g),
         f"    if {lhs}.dim() != 2 or {rhs_in.name}.dim() != 2:",
-        f'        raise ValueError(f"2-d operands expected, got {{tuple({lhs}.shape)}} and {{tuple({rhs_in.name}.shape)}}")',
+        f'        raise ValueError(f"2-d operands expected, got {{tuple({lhs}.shape)}} and "'
+        f'f"{{tuple({rhs_in.name}.shape)}}")',
         *([f"    {rhs} = {rhs_in.name}.t()"] if rhs_in.role == "rhs_t" else []),
         f"    if {lhs}.shape[1] != {rhs}.shape[0]:",
         f'        raise ValueError(f"inner sizes differ: {{tuple({lhs}.shape)}} @ {{tuple({rhs}.shape)}}")',

@@ -113,7 +113,7 @@ def _function_file(path: Path, source: str, scope: dict[str, Any]) -> Reference:
     name = name if name[0].isalpha() else "op_" + name
     if "INPUTS" in scope:
         inputs, test, bench = _declared_inputs(scope, params, path)
-        notes = [f"inputs and shapes from the file's INPUTS / SHAPES"]
+        notes = ["inputs and shapes from the file's INPUTS / SHAPES"]
     elif callable(scope.get("get_inputs")):
         values = _call(scope["get_inputs"], path, "get_inputs()")
         if len(values) != len(params):
