@@ -33,7 +33,8 @@ ALIASES = ("aten.clone.default", "aten.alias.default", "aten.detach.default", "a
 # launcher / kernel locals an input must not shadow (it would be renamed)
 RESERVED = {"y", "h", "r", "v", "e", "d", "mm", "acc", "row", "rows", "cols", "shape", "mean", "rstd", "denom",
             "in_bounds", "query", "start", "grid", "kernel", "limit", "block_n", "block_m", "max_block", "N", "M",
-            "K", "a_mask", "b_mask", "offs_m", "offs_n", "offs_k", "pid", "torch", "triton", "tl", "math", "F"}
+            "K", "a_mask", "b_mask", "lhs", "rhs", "offs_m", "offs_n", "offs_k", "pid", "torch", "triton", "tl",
+            "math", "F"}
 
 
 @dataclass
@@ -117,6 +118,9 @@ class _Lowering:
         elif name in ("aten.mm.default", "aten.addmm.default"):
             self._matmul(node, name)
         elif name == "aten.t.default" or (name == "aten.permute.default" and list(node.args[1]) == [1, 0]):
+            if self._val(node.args[0]).kind != "input" or any(
+                    op_name(u.target) not in ("aten.mm.default", "aten.addmm.default") for u in node.users):
+                raise refuse(name, "a transpose that is not a matmul operand has no template yet")
             self.vals[node] = _Val("", "transposed", shape_of(node))
             self.transposed = getattr(self, "transposed", {})
             self.transposed[node] = node.args[0]
@@ -297,7 +301,8 @@ class _Lowering:
                 continue
             shape = next(v.shape for v in self.vals.values() if v.kind == "input" and v.name == i.name)
             inputs.append(Input(i.name, self._role(i.name, shape, row), i.dtype, i.fill, i.default))
-        g = FusionGraph(inputs, self.prologue, self.reduction, self.matmul, self.epilogue, out_values, names)
+        g = _renumbered(FusionGraph(inputs, self.prologue, self.reduction, self.matmul, self.epilogue, out_values,
+                                    names))
         if not self.matmul and not [i for i in inputs if i.role == "rows"]:
             raise LoweringError("no input has the shape of the result rows")
         return g
@@ -312,6 +317,26 @@ class _Lowering:
             raise LoweringError(f"input {name} of shape {list(shape)} broadcasts against {list(row)} over a "
                                 "middle dim: no template yet")
         return "rows"
+
+
+def _renumbered(g: FusionGraph) -> FusionGraph:
+    """h1, h2, ... in order again after folded nodes (a decomposed norm's x ** 2) left gaps."""
+    from dataclasses import replace
+
+    new = {n.out: f"h{k}" for k, n in enumerate(g.nodes(), 1)}
+
+    def ren(v):
+        return new.get(v, v) if isinstance(v, str) else v
+
+    def node(n: Node) -> Node:
+        return Node(ren(n.out), n.op, tuple(ren(a) for a in n.args), n.params)
+
+    g.prologue = [node(n) for n in g.prologue]
+    g.epilogue = [node(n) for n in g.epilogue]
+    if g.reduction:
+        g.reduction = replace(g.reduction, arg=ren(g.reduction.arg))
+    g.outputs = [ren(v) for v in g.outputs]
+    return g
 
 
 def _viewable_as_rows(shape: tuple[str, ...], row: tuple[str, ...]) -> bool:

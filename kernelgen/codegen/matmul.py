@@ -46,7 +46,7 @@ def _fit_max_block(configs, named_args, **kwargs):
 
 def matmul_source(g: FusionGraph, fn: str, request: str) -> str:
     epi_inputs = [i for i in g.tensor_inputs() if i.role not in ("lhs", "rhs", "rhs_t")]
-    ptrs, strides = ["a_ptr", "b_ptr"], ["stride_am", "stride_ak", "stride_bk", "stride_bn"]
+    ptrs, strides = ["lhs_ptr", "rhs_ptr"], ["stride_am", "stride_ak", "stride_bk", "stride_bn"]
     a_name = next(i.name for i in g.inputs if i.role == "lhs")
     b_name = next(i.name + ("_t" if i.role == "rhs_t" else "") for i in g.inputs if i.role in ("rhs", "rhs_t"))
     call = [f"{a_name}.stride(0)", f"{a_name}.stride(1)", f"{b_name}.stride(0)", f"{b_name}.stride(1)"]
@@ -84,9 +84,9 @@ def matmul_source(g: FusionGraph, fn: str, request: str) -> str:
         "    for k in range(0, K, BLOCK_K):",
         "        a_mask = (offs_m[:, None] < M) & (k + offs_k[None, :] < K)",
         "        b_mask = (k + offs_k[:, None] < K) & (offs_n[None, :] < N)",
-        "        a = tl.load(a_ptr + offs_m[:, None] * stride_am + (k + offs_k[None, :]) * stride_ak, mask=a_mask,"
+        "        a = tl.load(lhs_ptr + offs_m[:, None] * stride_am + (k + offs_k[None, :]) * stride_ak, mask=a_mask,"
         " other=0.0)",
-        "        b = tl.load(b_ptr + (k + offs_k[:, None]) * stride_bk + offs_n[None, :] * stride_bn, mask=b_mask,"
+        "        b = tl.load(rhs_ptr + (k + offs_k[:, None]) * stride_bk + offs_n[None, :] * stride_bn, mask=b_mask,"
         " other=0.0)",
         "        if FP32_DOT:",
         "            # float32 math, no TF32 rounding (torch's default matmul precision)",
