@@ -63,6 +63,7 @@ class _Lowering:
         self.count = 0
         self.row_shape: tuple[str, ...] | None = None
         self.cols_inputs: set[str] = set()
+        self.late: list[str] = []  # refusals about the inputs, raised after the ops
 
     # ---- driver ------------------------------------------------------------------------------------
     def run(self) -> FusionGraph:
@@ -95,10 +96,11 @@ class _Lowering:
                 scalar_values.setdefault(float(spec.value), []).append(name)
                 self.vals[node] = _Val(name, "scalar")
                 continue
+            # checked once every op has been read, so that an op without a template is named first
             if spec.dtype not in ("input", "int8", "bool"):
-                raise LoweringError(f"input {spec.name} of dtype {spec.dtype}: no template takes it")
+                self.late.append(f"input {spec.name} of dtype {spec.dtype}: no template takes it")
             if node not in live:
-                raise LoweringError(f"input {spec.name} is not used by the reference's result")
+                self.late.append(f"input {spec.name} is not used by the reference's result")
             self.inputs.append(Input(name, "rows", spec.dtype, spec.fill))
             self.vals[node] = _Val(name, "input", shape_of(node))
         # a constant equal to exactly one scalar input's value is that input (the launcher's argument)
@@ -277,6 +279,8 @@ class _Lowering:
 
     # ---- the graph ---------------------------------------------------------------------------------
     def _graph(self, outputs: list) -> FusionGraph:
+        if self.late:
+            raise LoweringError(self.late[0])
         main = self._val(outputs[0])
         if main.kind == "input":
             raise LoweringError("the reference returns an input unchanged: nothing to compute")

@@ -236,7 +236,10 @@ def _kernelbench(path: Path, source: str, scope: dict[str, Any]) -> Reference:
     base = dict(sizes)
     bench = _problem_tensors(path, scope, base)
     scales = []
-    best = _smallest_sizes(path, scope, base, True) or _smallest_sizes(path, scope, base, False)
+    # every dim of the largest tensor halves per step: start a little below the step that makes it small
+    largest = max(bench["tensors"], key=lambda t: math.prod(t[1]), default=("", (), ""))[1]
+    start = max(0, int(math.log2(max(1.0, math.prod(largest) / TEST_NUMEL)) / max(1, len(largest))) - 1)
+    best = _smallest_sizes(path, scope, base, True, start) or _smallest_sizes(path, scope, base, False, start)
     if best is not None:
         _, k, scaled, shapes = best
         scales.append((k, scaled, shapes))
@@ -294,11 +297,11 @@ def _kernelbench(path: Path, source: str, scope: dict[str, Any]) -> Reference:
                      row_dim=row, col_dim=col, dtypes=["float32", "float16", "bfloat16"])
 
 
-def _smallest_sizes(path: Path, scope: dict, base: dict, forward: bool):
+def _smallest_sizes(path: Path, scope: dict, base: dict, forward: bool, start: int = 0):
     """(largest tensor, k, sizes, shapes) for the first 2^k division of the sizes whose tensors are all
     small, else the smallest that builds (and, with `forward`, runs forward on the meta device)."""
     best = None
-    for k in range(0, 40):
+    for k in range(start, 40):
         scaled = {g: _scale(v, k) for g, v in base.items()}
         if best is not None and scaled == best[2]:
             break  # nothing left to scale
