@@ -104,10 +104,12 @@ def spec_from_reference(ref: Reference, name: str, graph: FusionGraph | None = N
         if out_dims and len(out_dims) == 2:
             row_dim, col_dim = out_dims  # edge cases vary the output's rows and columns, not K
         k_dim = next((i.shape[-1] for i in ref.inputs if graph.matmul.a in (i.name, i.name + "_in")), None)
-        if col_dim in (k_dim, row_dim):
-            # one dim for M, N and K (a square matmul): a row longer than one block would make every
-            # operand that long squared, so no column edge case (one row and zero rows still run)
-            col_dim = "-"
+        if col_dim == k_dim:
+            col_dim = row_dim  # the same dim for N and K: caught just below
+    if col_dim == row_dim:
+        # one dim for rows and columns (a square input or matmul): a row longer than one block would make
+        # every operand that long squared, so no column edge case (one row and zero rows still run)
+        col_dim = "-"
         tolerances["float32"] = Tolerance(1e-4, 1e-4, "a float32 dot product over K terms rounds differently "
                                                       "from the float64 reference; the error grows with K")
     spec = OpSpec(
