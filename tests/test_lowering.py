@@ -173,3 +173,17 @@ def test_bytes_model_is_written_in_the_references_dims():
     assert gen.spec.bytes_model == "M * N * elem + N * elem + M * N * elem"
     assert gen.spec.bytes_moved({"M": 2, "N": 3}, 4) == 4 * (6 + 3 + 6)
     assert math.isclose(gen.spec.flops({"M": 2, "N": 3}), 2 * 6)
+
+
+def test_eps_scalar_reaches_the_kernel_through_the_decomposed_norm(tmp_path):
+    gen = generate(ref("return F.rms_norm(x, (x.shape[-1],), w, eps)", {"x": ["M", "N"], "w": ["N"], "eps": 1e-6}))
+    assert gen.summary == "r = rms_norm(x, eps) -> h1 = r * w -> (y=h1)"
+    fn = launcher(gen, tmp_path)
+    x, w = randn(3, 40), randn(40)
+    want = x / torch.sqrt((x * x).mean(-1, keepdim=True) + 0.5) * w
+    torch.testing.assert_close(fn(x, w, 0.5), want, atol=1e-5, rtol=1e-5)  # the eps passed, not the traced
+
+
+def test_a_scalar_folded_into_a_computed_constant_is_refused():
+    gen = generate(ref("return x * (1.0 / alpha)", {"x": ["M", "N"], "alpha": 4.0}))
+    assert gen.refusal.startswith("scalar input alpha reaches the result only through a constant computed")

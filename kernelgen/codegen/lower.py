@@ -47,7 +47,30 @@ class _Val:
 
 def lower(trace: Trace, ref: Reference) -> FusionGraph:
     """The fusion graph of a traced reference; `LoweringError(reason)` when it does not fit."""
-    return _Lowering(trace, ref).run()
+    g = _Lowering(trace, ref).run()
+    _check_scalars(g, ref)
+    return g
+
+
+def _check_scalars(g: FusionGraph, ref: Reference) -> None:
+    """A scalar input the graph does not name must not matter: tracing bakes scalars in as constants, and a
+    constant computed from one (not equal to it) would make the launcher ignore the value it is passed."""
+    import dataclasses
+
+    from kernelgen.codegen.trace import trace_reference
+
+    used = {a for n in g.nodes() for a in n.args}
+    if g.reduction:
+        used |= {g.reduction.eps, g.reduction.weight, g.reduction.bias}
+    for k, spec in enumerate(ref.inputs):
+        name = g.inputs[k].name
+        if spec.kind == "tensor" or name in used:
+            continue
+        other = dataclasses.replace(spec, value=float(spec.value) * 1.5 + 0.25)
+        moved = dataclasses.replace(ref, inputs=ref.inputs[:k] + [other] + ref.inputs[k + 1:])
+        if _Lowering(trace_reference(moved), moved).run().describe() != g.describe():
+            raise LoweringError(f"scalar input {spec.name} reaches the result only through a constant computed "
+                                "from it: no template takes it as an argument")
 
 
 class _Lowering:
@@ -93,7 +116,9 @@ class _Lowering:
                 if not isinstance(spec.value, (int, float)):
                     raise LoweringError(f"scalar input {spec.name} of kind {spec.kind}: no template")
                 self.inputs.append(Input(name, "scalar", default=float(spec.value)))
-                scalar_values.setdefault(float(spec.value), []).append(name)
+                # the value as written, and rounded to float32 (a decomposed norm adds eps in float32)
+                for v in {float(spec.value), _float32(spec.value)}:
+                    scalar_values.setdefault(v, []).append(name)
                 self.vals[node] = _Val(name, "scalar")
                 continue
             # checked once every op has been read, so that an op without a template is named first
@@ -210,7 +235,7 @@ class _Lowering:
                 raise refuse("aten.native_layer_norm.default", "a weight or bias that is not a 1-d input")
             names.append(v.name)
             self.cols_inputs.add(v.name)
-        self._row_reduction(node, "layer_norm", x, -1, names[0], names[1], repr(float(eps)))
+        self._row_reduction(node, "layer_norm", x, -1, names[0], names[1], _literal(eps, self.scalar_names))
 
     def _row_scalar(self, node, name: str) -> None:
         kind, dims, keepdim = ROW_SCALAR[name](node)
@@ -236,6 +261,7 @@ class _Lowering:
             return False
         kind, row, eps, chain, combine = match
         val = self._reduction_arg(stat, row, dims)
+        eps = None if eps is None else _literal(eps, self.scalar_names)
         self.reduction = Reduction(kind, val.name, "r", eps=eps)
         self.consumed.update(chain)
         folded = {self.vals[n].name for n in chain if n in self.vals}  # x ** 2, already lowered
@@ -354,6 +380,12 @@ def _viewable_as_rows(shape: tuple[str, ...], row: tuple[str, ...]) -> bool:
             return False
     broadcast = [s == "1" and r != "1" for s, r in zip(padded[:-1], row[:-1])]
     return broadcast == sorted(broadcast, reverse=True)
+
+
+def _float32(v) -> float:
+    import torch
+
+    return float(torch.tensor(float(v), dtype=torch.float32))
 
 
 def _is_tensor_node(node) -> bool:

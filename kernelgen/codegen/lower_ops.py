@@ -164,7 +164,7 @@ def _is(node, *names: str) -> bool:
 
 
 def match_row_pattern(stat):
-    """(kind, row node, eps literal, nodes folded, combining node) when the keepdim statistic `stat` is the
+    """(kind, row node, eps value, nodes folded, combining node) when the keepdim statistic `stat` is the
     inside of rms_norm, l2 normalize or log_softmax written out; else None."""
     name = op_name(stat.target)
     chain = [stat]
@@ -180,10 +180,10 @@ def match_row_pattern(stat):
         if _single_user(src) is not stat:
             return None
         chain.append(src)
-        eps = "0.0"
+        eps = 0.0
         if _is(cur, "aten.add.Tensor", "aten.add.Scalar", "aten.add_.Scalar", "aten.add_.Tensor") \
                 and cur.args[0] is stat and not hasattr(cur.args[1], "op"):
-            eps = repr(float(cur.args[1]))
+            eps = float(cur.args[1])
             chain.append(cur)
             cur = _single_user(cur)
         if _is(cur, "aten.rsqrt.default"):
@@ -201,9 +201,9 @@ def match_row_pattern(stat):
         row = stat.args[0]
         if float(arg_value(stat, 1, 2)) != 2:
             return None
-        eps = "0.0"
+        eps = 0.0
         if _is(cur, "aten.clamp_min.default"):
-            eps = repr(float(cur.args[1]))
+            eps = float(cur.args[1])
             chain.append(cur)
             cur = _single_user(cur)
         if _is(cur, "aten.expand.default"):
