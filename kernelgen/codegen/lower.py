@@ -16,6 +16,17 @@ import re
 from dataclasses import dataclass
 
 from kernelgen.codegen.graph import FusionGraph, Input, Matmul, Node, Reduction
+from kernelgen.codegen.lower_graph import (
+    flatten,
+    float32,
+    fresh,
+    is_tensor_node,
+    literal,
+    live_nodes,
+    no_template,
+    renumbered,
+    viewable_as_rows,
+)
 from kernelgen.codegen.lower_ops import (
     POINTWISE,
     ROW_SCALAR,
@@ -92,10 +103,10 @@ class _Lowering:
     def run(self) -> FusionGraph:
         nodes = list(self.trace.graph.nodes)
         out_node = next(n for n in nodes if n.op == "output")
-        outputs = _flatten(out_node.args[0])
+        outputs = flatten(out_node.args[0])
         if not outputs or not all(hasattr(o, "op") for o in outputs):
             raise LoweringError("the reference returns no tensor")
-        live = _live(outputs)
+        live = live_nodes(outputs)
         self._bind_inputs([n for n in nodes if n.op == "placeholder"], live)
         for node in nodes:
             if node.op != "call_function" or node not in live or node in self.consumed:
@@ -111,13 +122,13 @@ class _Lowering:
         for node, spec in zip(placeholders, self.ref.inputs):
             name = spec.name
             if name in RESERVED or re.fullmatch(r"h\d+", name):
-                name = _fresh(f"{name}_in", taken)
+                name = fresh(f"{name}_in", taken)
             if spec.kind != "tensor":
                 if not isinstance(spec.value, (int, float)):
                     raise LoweringError(f"scalar input {spec.name} of kind {spec.kind}: no template")
                 self.inputs.append(Input(name, "scalar", default=float(spec.value)))
                 # the value as written, and rounded to float32 (a decomposed norm adds eps in float32)
-                for v in {float(spec.value), _float32(spec.value)}:
+                for v in {float(spec.value), float32(spec.value)}:
                     scalar_values.setdefault(v, []).append(name)
                 self.vals[node] = _Val(name, "scalar")
                 continue
@@ -134,7 +145,7 @@ class _Lowering:
     # ---- one ATen node -----------------------------------------------------------------------------
     def _visit(self, node) -> None:
         name = op_name(node.target)
-        if not _is_tensor_node(node):
+        if not is_tensor_node(node):
             self.vals[node] = _Val(str(node.name), "size")  # shape arithmetic (sym_size, floordiv...)
             return
         if name in ALIASES or (name == "aten.expand.default" and self._expand_is_broadcast(node)):
@@ -164,13 +175,13 @@ class _Lowering:
         elif name in ROW_SCALAR:
             self._row_scalar(node, name)
         else:
-            raise refuse(name, _no_template(name))
+            raise refuse(name, no_template(name))
 
     def _val(self, node) -> _Val:
         if not hasattr(node, "op"):
-            return _Val(_literal(node, self.scalar_names), "scalar")
+            return _Val(literal(node, self.scalar_names), "scalar")
         if node not in self.vals:
-            raise refuse(op_name(node.target), _no_template(op_name(node.target)))
+            raise refuse(op_name(node.target), no_template(op_name(node.target)))
         return self.vals[node]
 
     def _expand_is_broadcast(self, node) -> bool:
@@ -194,7 +205,7 @@ class _Lowering:
                                    "value per row")
         if stage and any(a is not None and a.kind == "value" and a.stage == 0 for a in args):
             raise refuse(name, "a value from before the reduction or matmul used after it")
-        names = [self._val(a).name if hasattr(a, "op") else _literal(a, self.scalar_names) for a in node.args]
+        names = [self._val(a).name if hasattr(a, "op") else literal(a, self.scalar_names) for a in node.args]
         steps = pointwise_nodes(name, names, node.args, node.kwargs, self._new)
         (self.epilogue if stage else self.prologue).extend(steps)
         self.vals[node] = _Val(steps[-1].out if steps else names[0], "value", shape_of(node), stage)
@@ -235,7 +246,7 @@ class _Lowering:
                 raise refuse("aten.native_layer_norm.default", "a weight or bias that is not a 1-d input")
             names.append(v.name)
             self.cols_inputs.add(v.name)
-        self._row_reduction(node, "layer_norm", x, -1, names[0], names[1], _literal(eps, self.scalar_names))
+        self._row_reduction(node, "layer_norm", x, -1, names[0], names[1], literal(eps, self.scalar_names))
 
     def _row_scalar(self, node, name: str) -> None:
         kind, dims, keepdim = ROW_SCALAR[name](node)
@@ -261,7 +272,7 @@ class _Lowering:
             return False
         kind, row, eps, chain, combine = match
         val = self._reduction_arg(stat, row, dims)
-        eps = None if eps is None else _literal(eps, self.scalar_names)
+        eps = None if eps is None else literal(eps, self.scalar_names)
         self.reduction = Reduction(kind, val.name, "r", eps=eps)
         self.consumed.update(chain)
         folded = {self.vals[n].name for n in chain if n in self.vals}  # x ** 2, already lowered
@@ -331,7 +342,7 @@ class _Lowering:
                 continue
             shape = next(v.shape for v in self.vals.values() if v.kind == "input" and v.name == i.name)
             inputs.append(Input(i.name, self._role(i.name, shape, row), i.dtype, i.fill, i.default))
-        g = _renumbered(FusionGraph(inputs, self.prologue, self.reduction, self.matmul, self.epilogue, out_values,
+        g = renumbered(FusionGraph(inputs, self.prologue, self.reduction, self.matmul, self.epilogue, out_values,
                                     names))
         if not self.matmul and not [i for i in inputs if i.role == "rows"]:
             raise LoweringError("no input has the shape of the result rows")
@@ -343,103 +354,7 @@ class _Lowering:
             if len(shape) != 1 or shape[0] != row[-1]:
                 raise LoweringError(f"input {name} of shape {list(shape)} is not one value per column")
             return "cols"
-        if not _viewable_as_rows(shape, row):
+        if not viewable_as_rows(shape, row):
             raise LoweringError(f"input {name} of shape {list(shape)} broadcasts against {list(row)} over a "
                                 "middle dim: no template yet")
         return "rows"
-
-
-def _renumbered(g: FusionGraph) -> FusionGraph:
-    """h1, h2, ... in order again after folded nodes (a decomposed norm's x ** 2) left gaps."""
-    from dataclasses import replace
-
-    new = {n.out: f"h{k}" for k, n in enumerate(g.nodes(), 1)}
-
-    def ren(v):
-        return new.get(v, v) if isinstance(v, str) else v
-
-    def node(n: Node) -> Node:
-        return Node(ren(n.out), n.op, tuple(ren(a) for a in n.args), n.params)
-
-    g.prologue = [node(n) for n in g.prologue]
-    g.epilogue = [node(n) for n in g.epilogue]
-    if g.reduction:
-        g.reduction = replace(g.reduction, arg=ren(g.reduction.arg))
-    g.outputs = [ren(v) for v in g.outputs]
-    return g
-
-
-def _viewable_as_rows(shape: tuple[str, ...], row: tuple[str, ...]) -> bool:
-    """Whether a tensor of `shape` expanded to `row` can be seen as [rows, N] through views only: it must
-    broadcast, and among the leading dims the broadcast ones must all come before the real ones."""
-    if len(shape) > len(row):
-        return False
-    padded = ("1",) * (len(row) - len(shape)) + tuple(shape)
-    for s, r in zip(padded, row):
-        if s != r and s != "1":
-            return False
-    broadcast = [s == "1" and r != "1" for s, r in zip(padded[:-1], row[:-1])]
-    return broadcast == sorted(broadcast, reverse=True)
-
-
-def _float32(v) -> float:
-    import torch
-
-    return float(torch.tensor(float(v), dtype=torch.float32))
-
-
-def _is_tensor_node(node) -> bool:
-    import torch
-
-    val = node.meta.get("val")
-    if isinstance(val, (tuple, list)):
-        return any(isinstance(v, torch.Tensor) for v in val)
-    return isinstance(val, torch.Tensor)
-
-
-def _flatten(x) -> list:
-    if isinstance(x, (list, tuple)):
-        return [e for item in x for e in _flatten(item)]
-    return [x]
-
-
-def _live(outputs: list) -> set:
-    seen, stack = set(), list(outputs)
-    while stack:
-        n = stack.pop()
-        if n in seen or not hasattr(n, "op"):
-            continue
-        seen.add(n)
-        stack.extend(n.all_input_nodes)
-    return seen
-
-
-def _fresh(name: str, taken: set[str]) -> str:
-    while name in taken:
-        name += "_"
-    taken.add(name)
-    return name
-
-
-def _literal(value, scalar_names: dict | None = None) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise LoweringError(f"constant {value!r} of type {type(value).__name__}: no template")
-    if scalar_names and float(value) in scalar_names:
-        return scalar_names[float(value)]
-    v = float(value)
-    if v != v:
-        return 'float("nan")'
-    if v in (float("inf"), float("-inf")):
-        return 'float("inf")' if v > 0 else 'float("-inf")'
-    return repr(v)
-
-
-def _no_template(name: str) -> str:
-    family = [("convolution", "convolution"), ("pool", "pooling"), ("bmm", "batched matmul"),
-              ("group_norm", "group norm"), ("batch_norm", "batch norm"), ("cumsum", "scan"), ("cumprod", "scan"),
-              ("view", "reshape"), ("permute", "permute"), ("squeeze", "reshape"), ("unsqueeze", "reshape"),
-              ("loss", "loss"), ("attention", "attention"), ("argm", "arg-reduction")]
-    for key, what in family:
-        if key in name:
-            return f"no {what} template yet"
-    return "no template yet"
