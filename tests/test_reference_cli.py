@@ -152,3 +152,34 @@ def test_reference_user_errors_exit_2_with_one_line(env, tmp_path, args, words):
     assert res.exit_code == 2, res.output
     assert words in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "lib").exists()
+
+
+def test_text_front_end_reference_goes_through_trace_and_lower(env, tmp_path):
+    """The contract of the text front end: `to_reference(request, name)` gives a Reference, which `new` and
+    `compose` show, trace and lower exactly as a reference file (stubbed here with a hand-written one)."""
+    from kernelgen.agents import understand
+    from kernelgen.frontends.composer import ComposeError
+    from kernelgen.frontends.reference import Reference
+    from kernelgen.spec import InputSpec
+
+    def to_reference(request: str, name: str | None = None) -> Reference:
+        if request != "y = silu(x + bias)":
+            raise ComposeError(f"cannot read {request!r}")
+        return Reference(request=request, origin="formula", source="def reference(x, bias):\n"
+                         "    return F.silu(x + bias)\n", inputs=[InputSpec("x", "tensor", ("M", "N")),
+                                                               InputSpec("bias", "tensor", ("N",))],
+                         outputs=["y"], test_shapes=[{"M": 4, "N": 64}], name=name or "silu_of_sum",
+                         notes=["bias broadcasts over the rows"])
+
+    env.setattr(understand, "text_front_end", lambda: to_reference)
+    code, doc, _ = cli("compose", "y = silu(x + bias)")
+    assert code == 0 and doc["lowered"] and doc["notes"] == ["bias broadcasts over the rows"]
+    lib = tmp_path / "lib"
+    code, doc, err = cli("new", "y = silu(x + bias)", "--library", str(lib), "--backend", "interpreter",
+                         "--trials", "1")
+    assert code == 0, (doc, err)
+    assert doc["status"] == "merged" and doc["name"] == "silu_of_sum" and "# bias broadcasts over the rows" in err
+    op = merged_op(lib / "ops" / "silu_of_sum")
+    assert op.spec.request == "y = silu(x + bias)" and "F.silu(x + bias)" in op.spec.reference
+    code, doc, err = cli("new", "frobnicate", "--library", str(lib), "--backend", "interpreter")
+    assert code == 2 and "cannot read 'frobnicate'" in err
