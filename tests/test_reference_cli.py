@@ -183,3 +183,58 @@ def test_text_front_end_reference_goes_through_trace_and_lower(env, tmp_path):
     assert op.spec.request == "y = silu(x + bias)" and "F.silu(x + bias)" in op.spec.reference
     code, doc, err = cli("new", "frobnicate", "--library", str(lib), "--backend", "interpreter")
     assert code == 2 and "cannot read 'frobnicate'" in err
+
+
+FLIP = '''INPUTS = {"x": ["M", "N"]}
+SHAPES = [{"M": 3, "N": 50}]
+
+
+def reference(x):
+    return x.flip(-1)
+'''
+FLIP_KERNEL = '''import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _flip_rows(x_ptr, y_ptr, stride_x_row, stride_x_col, stride_y_row, N, BLOCK_N: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    for start in range(0, N, BLOCK_N):
+        offsets = start + tl.arange(0, BLOCK_N)
+        mask = offsets < N
+        x = tl.load(x_ptr + row * stride_x_row + (N - 1 - offsets) * stride_x_col, mask=mask, other=0.0)
+        tl.store(y_ptr + row * stride_y_row + offsets, x, mask=mask)
+
+
+def flip_last(x):
+    M, N = x.shape
+    y = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    if M == 0 or N == 0:
+        return y
+    block = min(triton.next_power_of_2(N), 1024)
+    _flip_rows[(M,)](x, y, x.stride(0), x.stride(1), y.stride(0), N, BLOCK_N=block)
+    return y
+'''
+
+
+def test_with_an_llm_a_reference_no_template_fits_gets_an_llm_kernel_for_its_own_spec(env, tmp_path):
+    from llm_server import ScriptedLLM
+
+    path = tmp_path / "flip_last.py"
+    path.write_text(FLIP)
+    lib = tmp_path / "lib"
+    with ScriptedLLM([f"Here it is.\n```python\n{FLIP_KERNEL}```\n"]) as srv:
+        env.setenv("KERNELGEN_BASE_URL", srv.url)
+        code, doc, err = cli("new", "--reference", str(path), "--library", str(lib), "--backend", "interpreter",
+                             "--candidates", "1", "--rounds", "0", "--trials", "1")
+        prompts = srv.user_prompts()
+    assert code == 0, (doc, err)
+    assert doc["status"] == "merged" and doc["spec_origin"] == "reference" and doc["winner"] == "llm-1"
+    assert doc["lowering"]["reason"] == "aten.flip.default: no template yet"
+    # the LLM was asked for a kernel only, with the reference's spec (the file's reference in it)
+    assert len(prompts) == 1 and "x.flip(-1)" in prompts[0]
+    op = merged_op(lib / "ops" / "flip_last")
+    assert op.spec.reference.strip() == FLIP.strip()
+    x = torch.randn(4, 70)
+    torch.testing.assert_close(op.launcher()(x), x[:, torch.arange(69, -1, -1)])

@@ -86,8 +86,7 @@ def portable_source(text: str, path: Path | str = "<reference>") -> str:
         if new is not None:
             indent = " " * node.col_offset
             lines[node.lineno - 1: node.end_lineno] = [indent + "; ".join(new)]
-    body = "\n".join(lines).strip("\n")
-    return body if re.search(r"^import torch\s*$", body, re.M) else "import torch\n" + body
+    return "\n".join(lines).strip("\n") + "\n"
 
 
 def _run(source: str, path: Path) -> dict[str, Any]:
