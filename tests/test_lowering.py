@@ -120,6 +120,10 @@ KERNELS = [
      lambda x: ((x - x.mean(-1, keepdim=True)) ** 2).sum(-1) / (x.shape[-1] - 1)),
     ("return torch.relu(F.linear(x, w, b))", {"x": ["M", "K"], "w": ["N", "K"], "b": ["N"]},
      [(17, 40), (24, 40), (24,)], lambda x, w, b: torch.clamp(torch.einsum("mk,nk->mn", x, w) + b, min=0)),
+    ("return x.amax(-1, keepdim=True) * 2.0", {"x": ["M", "N"]}, [(2, 3, 45)],
+     lambda x: torch.stack([row.max() for row in x.reshape(-1, 45)]).reshape(2, 3, 1) * 2),
+    ("return torch.logsumexp(x + y, dim=-1)", {"x": ["M", "N"], "y": ["M", "N"]}, [(4, 80), (4, 80)],
+     lambda x, y: torch.log(torch.exp(x + y).sum(-1))),
 ]
 
 

@@ -238,3 +238,15 @@ def test_with_an_llm_a_reference_no_template_fits_gets_an_llm_kernel_for_its_own
     assert op.spec.reference.strip() == FLIP.strip()
     x = torch.randn(4, 70)
     torch.testing.assert_close(op.launcher()(x), x[:, torch.arange(69, -1, -1)])
+
+
+def test_words_without_a_text_front_end_show_the_composers_reference(env):
+    from kernelgen.agents import understand
+
+    env.setattr(understand, "text_front_end", lambda: None)
+    code, doc, _ = cli("compose", "silu and mul")
+    assert code == 0 and doc["lowered"]
+    assert "def reference(a, b):" in doc["reference"] and "F.silu(a)" in doc["reference"]
+    assert doc["notes"] == ["written by the words composer from its own reading of the request"]
+    state = understand.understand({"request": "silu and mul", "options": {}})
+    assert state["reference"]["source"] == doc["reference"].strip("\n") + "\n" and state["spec_origin"] == "composer"
