@@ -84,6 +84,7 @@ REFUSED = [
     ("return x + 1, x * 2", {"x": ["M", "N"]}, None, "2 outputs"),
     ("return x.pow(1.7)", {"x": ["M", "N"]}, None, "aten.pow.Tensor_Scalar: power 1.7 has no template"),
     ("return (x @ w).t()", {"x": ["M", "K"], "w": ["K", "N"]}, [{"M": 8, "K": 4, "N": 6}], "aten.t.default"),
+    ("return x @ w + x", {"x": ["N", "N"], "w": ["N", "N"]}, [{"N": 8}], "input x is a matmul operand"),
 ]
 
 

@@ -335,6 +335,11 @@ class _Lowering:
             out_values.append(second.name)
             names.append("h")
         row = self.row_shape or main.shape
+        operands = {i.name for i in self.inputs if i.role in ("lhs", "rhs", "rhs_t")}
+        reused = operands & {a for n in self.epilogue for a in n.args}
+        if reused:
+            raise LoweringError(f"input {sorted(reused)[0]} is a matmul operand and is used again after the "
+                                "matmul: no template yet")
         inputs = []
         for i in self.inputs:
             if i.role in ("scalar", "lhs", "rhs", "rhs_t"):

@@ -101,7 +101,8 @@ def _smallest_sizes(path: Path, scope: dict, base: dict, forward: bool, start: i
         shapes = _problem_tensors(path, scope, scaled, strict=False, forward=forward)
         if shapes is None:
             continue
-        largest = max((math.prod(s) for _, s, _ in shapes["tensors"]), default=0)
+        # inputs and the result (a matmul's output can be much larger than its operands)
+        largest = max([math.prod(s) for _, s, _ in shapes["tensors"]] + [shapes["out_numel"]])
         if best is None or largest < best[0]:
             best = (largest, k, scaled, shapes)
         if largest <= TEST_NUMEL:
@@ -118,14 +119,20 @@ def _is_size(v: Any) -> bool:
 
 
 def _scale(v, k: int):
-    """A size divided by 2^k: exactly while it divides, else rounded; small values (kernel sizes, dims,
-    groups) are left alone, and a scaled size never drops below 8."""
+    """A size halved k times while it is even and stays at least 8 (so divisibility by groups and heads
+    survives); an odd size is divided by what is left and rounded. Sizes of 16 or less (kernel sizes,
+    dims, group counts) are left alone."""
     if isinstance(v, tuple):
         return tuple(_scale(e, k) for e in v)
     if v <= SCALE_ABOVE:
         return v
-    d = 1 << k
-    return max(8, v // d) if v % d == 0 else max(9, round(v / d))
+    for step in range(k):
+        if v % 2:
+            return max(9, round(v / (1 << (k - step))))
+        if v // 2 < 8:
+            break
+        v //= 2
+    return v
 
 
 def _flat(sizes: dict[str, Any]) -> dict[str, int]:
@@ -153,8 +160,9 @@ def _problem_tensors(path: Path, scope: dict, sizes: dict, strict: bool = True, 
             args = scope["get_inputs"]()
             init = scope["get_init_inputs"]() if callable(scope.get("get_init_inputs")) else []
             model = scope["Model"](*init).eval()
+            out = None
             if forward and not strict:
-                model(*args)  # shape checks only (pooling windows, groups): meta tensors hold no data
+                out = model(*args)  # shape checks (pooling windows, groups): meta tensors hold no data
     except Exception as exc:
         if not strict:
             return None
@@ -174,7 +182,8 @@ def _problem_tensors(path: Path, scope: dict, sizes: dict, strict: bool = True, 
         tensors.append((label, tuple(t.shape), "input"))
         if "var" in label.rsplit(".", 1)[-1]:
             positive.add(label)  # a running variance must stay positive
-    return {"tensors": tensors, "scalars": scalars, "positive": positive}
+    out_numel = out.numel() if isinstance(out, torch.Tensor) else 0
+    return {"tensors": tensors, "scalars": scalars, "positive": positive, "out_numel": out_numel}
 
 
 def _input_names(forward: list[str], bench: dict, path: Path) -> dict[str, str]:
