@@ -191,4 +191,7 @@ def test_eps_scalar_reaches_the_kernel_through_the_decomposed_norm(tmp_path):
 
 def test_a_scalar_folded_into_a_computed_constant_is_refused():
     gen = generate(ref("return x * (1.0 / alpha)", {"x": ["M", "N"], "alpha": 4.0}))
-    assert gen.refusal.startswith("scalar input alpha reaches the result only through a constant computed")
+    assert gen.refusal.startswith("scalar input alpha does not reach the kernel as an argument")
+    # a constant that only happens to equal the scalar's value is not the scalar
+    gen = generate(ref("return x * alpha + 1.0", {"x": ["M", "N"], "alpha": 1.0}))
+    assert not gen.lowered and gen.refusal.startswith("scalar input alpha does not reach")
