@@ -195,3 +195,24 @@ def test_a_scalar_folded_into_a_computed_constant_is_refused():
     # a constant that only happens to equal the scalar's value is not the scalar
     gen = generate(ref("return x * alpha + 1.0", {"x": ["M", "N"], "alpha": 1.0}))
     assert not gen.lowered and gen.refusal.startswith("scalar input alpha does not reach")
+
+
+CAUSAL = ('h = x.masked_fill(torch.ones(x.shape[-2:], dtype=torch.bool, device=x.device)'
+          '.triu(x.shape[-1] - x.shape[-2] + 1), float("-inf"))\nreturn torch.softmax(h, dim=-1)')
+
+
+@pytest.mark.parametrize("dims", [{"B": 2, "H": 3, "M": 5, "N": 9}, {"B": 2, "H": 3, "M": 8, "N": 8}])
+def test_causal_mask_before_softmax_is_the_causal_template(dims, tmp_path):
+    gen = generate(ref(CAUSAL, {"x": ["B", "H", "M", "N"]}, [dims]))
+    assert gen.summary == "h1 = causal_mask(x, j > i -> -inf) -> r = softmax(h1) -> (y=r)", gen.refusal
+    fn = launcher(gen, tmp_path)
+    x = randn(2, 3, 4, 11)  # 4 queries over 11 keys: query i sees keys j <= i + 7
+    i, j = torch.arange(4)[:, None], torch.arange(11)[None, :]
+    e = torch.where(j <= i + 7, torch.exp(x.double() - x.double().max(-1, keepdim=True).values), 0.0)
+    torch.testing.assert_close(fn(x), (e / e.sum(-1, keepdim=True)).float(), atol=1e-6, rtol=1e-5)
+
+
+def test_a_triangular_mask_of_another_diagonal_is_not_taken_for_causal():
+    body = 'return torch.softmax(x.masked_fill(torch.ones(x.shape[-2:], dtype=torch.bool).triu(2), -1e9), -1)'
+    gen = generate(ref(body, {"x": ["M", "N"]}, [{"M": 5, "N": 9}]))
+    assert not gen.lowered and gen.refusal.startswith("aten.ones.default")

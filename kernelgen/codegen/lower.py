@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from kernelgen.codegen.graph import FusionGraph, Input, Matmul, Node, Reduction
+from kernelgen.codegen.graph import MASK_FILL_NEG_INF, FusionGraph, Input, Matmul, Node, Reduction
 from kernelgen.codegen.lower_graph import (
     flatten,
     float32,
@@ -31,6 +31,7 @@ from kernelgen.codegen.lower_ops import (
     POINTWISE,
     ROW_SCALAR,
     LoweringError,
+    causal_mask,
     is_last_dim,
     kwarg,
     pointwise_nodes,
@@ -109,6 +110,9 @@ class _Lowering:
             raise LoweringError("the reference returns no tensor")
         live = live_nodes(outputs)
         self._bind_inputs([n for n in nodes if n.op == "placeholder"], live)
+        for node in nodes:  # a causal mask's ones/triu belong to its masked_fill, which comes after them
+            if node in live and node.op == "call_function" and op_name(node.target) == "aten.masked_fill.Scalar":
+                self.consumed.update(causal_mask(node) or [])
         for node in nodes:
             if node.op != "call_function" or node not in live or node in self.consumed:
                 continue
@@ -175,6 +179,8 @@ class _Lowering:
                 raise refuse(f"{op_name(src.target)} (output {index})", "only its first output has a template")
         elif name in ROW_SCALAR:
             self._row_scalar(node, name)
+        elif name == "aten.masked_fill.Scalar" and causal_mask(node):
+            self._causal(node)
         else:
             raise refuse(name, no_template(name))
 
@@ -283,6 +289,15 @@ class _Lowering:
         self.reduction_arg = row
         return True
 
+    def _causal(self, node) -> None:
+        """x.masked_fill(ones(M, N).triu(N - M + 1), -inf): the causal mask, bottom-right aligned."""
+        val = self._val(node.args[0])
+        if self.reduction or self.matmul or val.kind not in ("input", "value"):
+            raise refuse("aten.masked_fill.Scalar", "a causal mask after the reduction or matmul")
+        out = self._new()
+        self.prologue.append(Node(out, "causal", (val.name,)))
+        self.vals[node] = _Val(out, "value", shape_of(node), 0)
+
     # ---- matmul ------------------------------------------------------------------------------------
     def _matmul(self, node, name: str) -> None:
         if self.reduction or self.matmul or self.prologue:
@@ -350,6 +365,10 @@ class _Lowering:
             inputs.append(Input(i.name, self._role(i.name, shape, row), i.dtype, i.fill, i.default))
         g = renumbered(FusionGraph(inputs, self.prologue, self.reduction, self.matmul, self.epilogue, out_values,
                                     names))
+        if any(n.op == "causal" for n in self.prologue) and (
+                not self.reduction or self.reduction.kind not in MASK_FILL_NEG_INF):
+            raise LoweringError("aten.masked_fill.Scalar: a causal mask has a template only before softmax, "
+                                "log_softmax, logsumexp or max")
         if not self.matmul and not [i for i in inputs if i.role == "rows"]:
             raise LoweringError("no input has the shape of the result rows")
         return g

@@ -217,3 +217,30 @@ def match_row_pattern(stat):
         if _is(cur, "aten.sub.Tensor") and cur.args[0] is row and cur.args[1] is stat:
             return "log_softmax", row, None, chain, cur
     return None
+
+
+def causal_mask(node) -> list | None:
+    """The nodes of `x.masked_fill(ones(M, N, bool).triu(N - M + 1), -inf)` (x [..., M, N]: key j masked for
+    query i when j > i + N - M, bottom-right aligned), else None. With M and N one size in the trace the
+    diagonal is the constant 1."""
+    x, mask, value = node.args[:3]
+    if value != float("-inf") or not _is(mask, "aten.triu.default") or not _is(mask.args[0], "aten.ones.default"):
+        return None
+    if mask.args[0].kwargs.get("dtype") is not None and str(mask.args[0].kwargs["dtype"]) != "torch.bool":
+        return None
+    rows = shape_of(x)
+    if len(rows) < 2 or shape_of(mask) != rows[-2:]:
+        return None
+    diagonal = arg_value(mask, 1, kwarg(mask, "diagonal", 0))
+    if hasattr(diagonal, "op"):
+        val = diagonal.meta.get("val")
+        sizes = x.meta["val"].shape
+        try:
+            ok = hasattr(val, "node") and (val.node.expr - (sizes[-1].node.expr - sizes[-2].node.expr + 1)) == 0
+        except AttributeError:
+            ok = False
+    else:
+        ok = diagonal == 1 and rows[-1] == rows[-2]
+    if not ok or len(mask.users) != 1 or len(mask.args[0].users) != 1:
+        return None
+    return [mask, mask.args[0]]
