@@ -216,3 +216,18 @@ def test_a_triangular_mask_of_another_diagonal_is_not_taken_for_causal():
     body = 'return torch.softmax(x.masked_fill(torch.ones(x.shape[-2:], dtype=torch.bool).triu(2), -1e9), -1)'
     gen = generate(ref(body, {"x": ["M", "N"]}, [{"M": 5, "N": 9}]))
     assert not gen.lowered and gen.refusal.startswith("aten.ones.default")
+
+
+def test_int8_dequantize_with_a_per_row_scale(tmp_path):
+    inputs = [InputSpec("q", "tensor", ("M", "N"), "int8", "int8"), InputSpec("scale", "tensor", ("M",))]
+    reference = Reference(request="dequantize", origin="formula", source="def reference(q, scale):\n"
+                          "    return q.float() * scale[:, None]\n", inputs=inputs, outputs=["y"],
+                          test_shapes=ROWS)
+    gen = generate(reference)
+    assert {i.name: (i.role, i.dtype) for i in gen.graph.inputs} == {"q": ("rows", "int8"),
+                                                                      "scale": ("per_row", "input")}
+    q = torch.randint(-128, 128, (5, 70), dtype=torch.int8)
+    scale = torch.rand(5) + 0.1
+    got = launcher(gen, tmp_path)(q, scale)
+    want = torch.stack([torch.tensor([float(v) for v in row]) * s for row, s in zip(q, scale)])
+    torch.testing.assert_close(got, want)

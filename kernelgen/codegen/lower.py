@@ -100,6 +100,7 @@ class _Lowering:
         self.row_shape: tuple[str, ...] | None = None
         self.cols_inputs: set[str] = set()
         self.late: list[str] = []  # refusals about the inputs, raised after the ops
+        self.per_row_inputs: set[str] = set()  # inputs read as x[..., None]: one value per row
 
     # ---- driver ------------------------------------------------------------------------------------
     def run(self) -> FusionGraph:
@@ -153,7 +154,8 @@ class _Lowering:
         if not is_tensor_node(node):
             self.vals[node] = _Val(str(node.name), "size")  # shape arithmetic (sym_size, floordiv...)
             return
-        if name in ALIASES or (name == "aten.expand.default" and self._expand_is_broadcast(node)):
+        if name in ALIASES or (name == "aten.expand.default" and self._expand_is_broadcast(node)) or (
+                name == "aten.slice.Tensor" and _whole_slice(node)):
             self.vals[node] = self._val(node.args[0])
             return
         if name in POINTWISE:
@@ -181,6 +183,10 @@ class _Lowering:
             self._row_scalar(node, name)
         elif name == "aten.masked_fill.Scalar" and causal_mask(node):
             self._causal(node)
+        elif name == "aten._to_copy.default" and self._upcast(node):
+            self.vals[node] = self._val(node.args[0])
+        elif name == "aten.unsqueeze.default" and self._val(node.args[0]).kind == "input":
+            self._unsqueeze(node)
         else:
             raise refuse(name, no_template(name))
 
@@ -289,6 +295,25 @@ class _Lowering:
         self.reduction_arg = row
         return True
 
+    def _upcast(self, node) -> bool:
+        """A cast to float32 or float64 of an input: the kernel computes in float32 from every load anyway."""
+        import torch
+
+        extra = set(node.kwargs) - {"dtype", "layout", "device", "memory_format"}
+        return (node.kwargs.get("dtype") in (torch.float32, torch.float64) and not extra
+                and self._val(node.args[0]).kind == "input")
+
+    def _unsqueeze(self, node) -> None:
+        """An input with a 1 inserted: in front it is broadcasting; at the end, one value per row."""
+        val = self._val(node.args[0])
+        ndim = len(shape_of(node))
+        dim = int(node.args[1]) % ndim
+        if dim == ndim - 1 and ndim >= 2:
+            self.per_row_inputs.add(val.name)
+        elif dim != 0:
+            raise refuse("aten.unsqueeze.default", f"a size-1 dim inserted at {dim} of {ndim}: no template yet")
+        self.vals[node] = _Val(val.name, "input", shape_of(node))
+
     def _causal(self, node) -> None:
         """x.masked_fill(ones(M, N).triu(N - M + 1), -inf): the causal mask, bottom-right aligned."""
         val = self._val(node.args[0])
@@ -374,6 +399,10 @@ class _Lowering:
         return g
 
     def _role(self, name: str, shape: tuple[str, ...], row: tuple[str, ...]) -> str:
+        if name in self.per_row_inputs:
+            if tuple(shape) != tuple(row[:-1]):
+                raise LoweringError(f"input {name} of shape {list(shape)} is not one value per row of {list(row)}")
+            return "per_row"
         if name in self.cols_inputs or ((self.reduction or self.matmul) and len(shape) == 1 and row
                                         and shape[0] == row[-1]):
             if len(shape) != 1 or shape[0] != row[-1]:
@@ -383,3 +412,9 @@ class _Lowering:
             raise LoweringError(f"input {name} of shape {list(shape)} broadcasts against {list(row)} over a "
                                 "middle dim: no template yet")
         return "rows"
+
+
+def _whole_slice(node) -> bool:
+    """x[:, ...]: a slice from 0 to the end with step 1 (indexing with None traces to one)."""
+    start, end, step = (list(node.args[2:]) + [None, None, None])[:3]
+    return start in (None, 0) and (end is None or (isinstance(end, int) and end >= 1 << 62)) and step in (None, 1)
