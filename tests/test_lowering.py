@@ -231,3 +231,12 @@ def test_int8_dequantize_with_a_per_row_scale(tmp_path):
     got = launcher(gen, tmp_path)(q, scale)
     want = torch.stack([torch.tensor([float(v) for v in row]) * s for row, s in zip(q, scale)])
     torch.testing.assert_close(got, want)
+
+
+def test_matmul_spec_widens_float32_tolerance_with_a_reason_and_varies_output_dims():
+    gen = generate(ref("return F.linear(x, w)", {"x": ["M", "K"], "w": ["N", "K"]}, [{"M": 16, "K": 32, "N": 24}]))
+    tol = gen.spec.tolerances["float32"]
+    assert (tol.atol, tol.rtol) == (1e-4, 1e-4) and "grows with K" in tol.reason
+    assert (gen.spec.row_dim, gen.spec.col_dim) == ("M", "N")
+    square = generate(ref("return x @ w", {"x": ["N", "N"], "w": ["N", "N"]}, [{"N": 16}]))
+    assert square.spec.col_dim == "-"  # no column edge case that would square the operands

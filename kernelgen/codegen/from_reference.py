@@ -106,12 +106,12 @@ def spec_from_reference(ref: Reference, name: str, graph: FusionGraph | None = N
         k_dim = next((i.shape[-1] for i in ref.inputs if graph.matmul.a in (i.name, i.name + "_in")), None)
         if col_dim == k_dim:
             col_dim = row_dim  # the same dim for N and K: caught just below
+        tolerances["float32"] = Tolerance(1e-4, 1e-4, "a float32 dot product over K terms rounds differently "
+                                                      "from the float64 reference; the error grows with K")
     if col_dim == row_dim:
         # one dim for rows and columns (a square input or matmul): a row longer than one block would make
         # every operand that long squared, so no column edge case (one row and zero rows still run)
         col_dim = "-"
-        tolerances["float32"] = Tolerance(1e-4, 1e-4, "a float32 dot product over K terms rounds differently "
-                                                      "from the float64 reference; the error grows with K")
     spec = OpSpec(
         name=name,
         description=description,

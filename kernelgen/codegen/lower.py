@@ -37,6 +37,7 @@ from kernelgen.codegen.lower_ops import (
     pointwise_nodes,
     refuse,
     shape_of,
+    whole_slice,
 )
 from kernelgen.codegen.trace import Trace, op_name
 from kernelgen.frontends.reference import Reference
@@ -155,7 +156,7 @@ class _Lowering:
             self.vals[node] = _Val(str(node.name), "size")  # shape arithmetic (sym_size, floordiv...)
             return
         if name in ALIASES or (name == "aten.expand.default" and self._expand_is_broadcast(node)) or (
-                name == "aten.slice.Tensor" and _whole_slice(node)):
+                name == "aten.slice.Tensor" and whole_slice(node)):
             self.vals[node] = self._val(node.args[0])
             return
         if name in POINTWISE:
@@ -413,8 +414,3 @@ class _Lowering:
                                 "middle dim: no template yet")
         return "rows"
 
-
-def _whole_slice(node) -> bool:
-    """x[:, ...]: a slice from 0 to the end with step 1 (indexing with None traces to one)."""
-    start, end, step = (list(node.args[2:]) + [None, None, None])[:3]
-    return start in (None, 0) and (end is None or (isinstance(end, int) and end >= 1 << 62)) and step in (None, 1)

@@ -244,3 +244,9 @@ def causal_mask(node) -> list | None:
     if not ok or len(mask.users) != 1 or len(mask.args[0].users) != 1:
         return None
     return [mask, mask.args[0]]
+
+
+def whole_slice(node) -> bool:
+    """x[:, ...]: a slice from 0 to the end with step 1 (indexing with None traces to one)."""
+    start, end, step = (list(node.args[2:]) + [None, None, None])[:3]
+    return start in (None, 0) and (end is None or (isinstance(end, int) and end >= 1 << 62)) and step in (None, 1)
