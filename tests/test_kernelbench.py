@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(not KERNELBENCH.is_dir(), reason=f"the KernelBen
 
 # Measured with today's templates (pointwise, one last-dim row reduction, one 2-d matmul with an epilogue):
 # fewer is a regression. Raise it when a template lands.
-LOWERED_AT_LEAST = 39
+LOWERED_AT_LEAST = 40
 MUST_LOWER = ["level1/19_ReLU.py", "level1/23_Softmax.py", "level1/24_LogSoftmax.py", "level1/27_SELU_.py",
               "level1/39_L2Norm_.py", "level1/88_MinGPTNewGelu.py", "level1/17_Matmul_with_transposed_B.py",
               "level2/76_Gemm_Add_ReLU.py", "level2/12_Gemm_Multiply_LeakyReLU.py"]
