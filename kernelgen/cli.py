@@ -152,6 +152,8 @@ def search_library(
 
 
 # ---- generation: new / compose / runs / resume (kernelgen/cli_generate.py registers them here, in order) --
+if __name__ == "__main__":  # `python -m kernelgen.cli`: cli_generate must register on this module's app
+    sys.modules.setdefault("kernelgen.cli", sys.modules[__name__])
 from kernelgen import cli_generate  # noqa: E402,F401
 
 # ---- kernelgen verify ----------------------------------------------------------------------------------

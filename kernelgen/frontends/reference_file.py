@@ -12,12 +12,13 @@ kernelgen). Two forms:
    (an input may also be a table: {"shape": ["M", "N"], "dtype": "bool", "fill": "rand"}), or as example
    values: `get_inputs()` returning tensors (and scalars) in the order of reference's parameters; equal sizes
    get the same dim name (M for the first input's first dim, N for its last, then K, B, C, ...).
-2. A KernelBench problem: `class Model(nn.Module)`, `get_inputs()`, `get_init_inputs()`. The model's
-   parameters and floating-point buffers become inputs after forward's own arguments, named by their path
-   (`linear.weight` -> `linear_weight`). The problem's sizes are module-level ints (`batch_size = 4096`):
-   they are the bench shape, and scaled down by a power of two for the test shapes; each tensor dim takes the
-   name of the global it follows at every scale, so verification can vary it, else a fixed size or a dim of
-   its own. The model runs in eval mode (dropout off, batch norm on its running statistics).
+2. A KernelBench problem (loaded by kernelbench.py): `class Model(nn.Module)`, `get_inputs()`,
+   `get_init_inputs()`. The model's parameters and floating-point buffers become inputs after forward's own
+   arguments, named by their path (`linear.weight` -> `linear_weight`). The problem's sizes are module-level
+   ints (`batch_size = 4096`): they are the bench shape, and scaled down by a power of two for the test
+   shapes; each tensor dim takes the name of the global it follows at every scale, so verification can vary
+   it, else a fixed size or a dim of its own. The model runs in eval mode (dropout off, batch norm on its
+   running statistics).
 
 The `source` of the Reference is self-contained (torch, F and math in scope, torch submodule imports turned
 into assignments, as a spec.toml `reference` must be): for a KernelBench problem it is the problem's source
