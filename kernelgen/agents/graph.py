@@ -26,8 +26,10 @@ class RunState(TypedDict, total=False):
     started: float
     name: str | None
     spec: str | None  # spec.toml text
-    spec_origin: str | None  # "composer" | "llm"
+    spec_origin: str | None  # "reference" (spec from the request's reference) | "composer" | "llm"
     spec_checks: dict[str, str]  # LLM spec hash -> the problem its reference showed on its inputs ("" = none)
+    reference: dict[str, Any] | None  # the request's reference: source, notes, origin, request, name
+    lowering: dict[str, Any] | None  # lowered, reason (why no template fits), trace_mode, ops (the ATen ops)
     composition: dict[str, Any] | None
     compose_error: str
     hits: list[dict[str, Any]]
@@ -83,6 +85,16 @@ def llm_settings(enabled: bool) -> dict[str, Any]:
     return {"enabled": enabled, "endpoint": cfg.endpoint(), "model": cfg.model, "error": "", "attempts": []}
 
 
+def with_reference(result: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """The run's result with the reference it was generated from (shown before generation, kept in the
+    run record): `reference` (Python source), `notes`, and `lowering` (why no template fit, if none did)."""
+    ref = values.get("reference") or {}
+    result.setdefault("reference", ref.get("source"))
+    result.setdefault("notes", list(ref.get("notes") or []))
+    result.setdefault("lowering", values.get("lowering"))
+    return result
+
+
 def _drive(graph_input, run_id: str, request: str, listener) -> dict[str, Any]:
     conn = runs_mod.connect()
     try:
@@ -102,7 +114,7 @@ def _drive(graph_input, run_id: str, request: str, listener) -> dict[str, Any]:
         finally:
             nodes.set_listener(None)
         values = app.get_state(config).values
-        result = dict(values.get("result") or {})
+        result = with_reference(dict(values.get("result") or {}), values)
         result["wall_s"] = round(time.time() - float(values.get("started", time.time())), 2)
         runs_mod.mark_run(conn, run_id, status=result.get("status", "done"), result=result)
         return result
@@ -133,7 +145,8 @@ def resume_run(run_id: str, listener: nodes.Listener | None = None) -> dict[str,
     if not snapshot.values:
         raise KernelgenError(f"run {run_id!r} was interrupted before its first checkpoint; start it again")
     if not snapshot.next:
-        return dict(snapshot.values.get("result") or info.get("result") or {}, resumed=False)
+        result = snapshot.values.get("result") or info.get("result") or {}
+        return dict(with_reference(dict(result), snapshot.values), resumed=False)
     return dict(_drive(None, run_id, info["request"], listener), resumed=True)
 
 

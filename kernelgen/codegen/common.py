@@ -143,7 +143,7 @@ class _Loads:
 
     def code(self, nodes: list[Node], indent: str, extra_inputs: tuple[str, ...] = ()) -> list[str]:
         """Loads (just before first use) and the nodes' statements."""
-        tensors = {i.name: i for i in self.g.tensor_inputs() if i.role not in ("lhs", "rhs")}
+        tensors = {i.name: i for i in self.g.tensor_inputs() if i.role not in ("lhs", "rhs", "rhs_t")}
         loaded: set[str] = set()
         lines = []
 
