@@ -35,20 +35,24 @@ BUILTIN_BACKENDS = ("cuda", "interpreter")  # as registered by kernelgen.backend
 FORMATS = ("table", "json", "tsv")
 
 
-def _flag_type_hidden() -> None:
-    """typer prints `<bool>` after every flag in --help; a flag takes no value, so show nothing there."""
-    from typer.core import TyperOption
+def _readable_help_types() -> None:
+    """typer prints `<bool>` after every flag and `<list[str]>` after an argument in --help; a flag takes no
+    value, and an argument's metavar already says what it takes: show nothing there."""
+    from typer.core import TyperArgument, TyperOption
 
-    shown = TyperOption.display_type_rich
+    for cls in (TyperOption, TyperArgument):
+        shown = cls.display_type_rich
 
-    def display_type_rich(self, ctx):
-        return None if getattr(self, "is_flag", False) and self.metavar is None else shown(self, ctx)
+        def display_type_rich(self, ctx, _shown=shown, _argument=cls is TyperArgument):
+            if getattr(self, "is_flag", False) and self.metavar is None or _argument and self.metavar:
+                return None
+            return _shown(self, ctx)
 
-    TyperOption.display_type_rich = display_type_rich
+        cls.display_type_rich = display_type_rich
 
 
 try:
-    _flag_type_hidden()
+    _readable_help_types()
 except (ImportError, AttributeError):  # another typer: its own help layout
     pass
 
@@ -184,7 +188,8 @@ def list_ops(
               *[("broken" if r["broken"] else _status_text(r["backends"][b])) for b in names],
               r["reason"], r["path"]] for r in rows))
         return
-    t = table(f"kernelgen library ({len(rows)} ops)", ["op", "overrides", *names], keep=["op"])
+    t = table(f"kernelgen library ({len(rows)} ops)", ["op", "overrides", *names], keep=["op", "overrides"],
+              flex=names)
     for row in rows:
         if row["broken"]:
             broken = Text("broken", style="bold red") + Text(f": {row['reason']}")
@@ -198,10 +203,10 @@ def list_ops(
             for w in words[1:]:
                 cell += Text(" " + w, style={"on": "green", "by_size": "yellow"}.get(w, ""))
             cells.append(cell)
-        t.add_row(styled(row["name"], "bold"), ", ".join(row["aten"]) or "-", *cells)
+        t.add_row(styled(row["name"], "bold"), "\n".join(row["aten"]) or "-", *cells)
     print_table(t)
     console.print("[green]on[/]: switched on by kernelgen.enable(); [yellow]by_size[/]: by "
-                  "kernelgen.enable(by_size=True), for large inputs only", highlight=False)
+                  "kernelgen.enable(by_size=True), for large inputs only", highlight=False, soft_wrap=True)
 
 
 @app.command("backends", epilog="Example:  kernelgen backends --json")
@@ -456,7 +461,8 @@ def list_runs_cmd(
     if fmt == "tsv":
         tsv(cols, data)
         return
-    t = table(f"kernelgen runs ({len(rows)})", cols[:-1], keep=["run", "status", "op"])  # the id says when
+    # no "started" column: the run id begins with its start time
+    t = table(f"kernelgen runs ({len(rows)})", cols[:-1], keep=["run", "status", "op"], flex=["request"])
     for r, d in zip(rows, data):
         colour = "green" if r["status"] in RUN_OK else "yellow" if r["status"] in ("running", "interrupted") else "red"
         t.add_row(d[0], Text(d[1], style=colour), d[2], styled(d[3]), styled(d[4]))
@@ -633,8 +639,7 @@ def _print_verdicts(verdicts, fmt: str) -> None:
     if fmt == "tsv":
         tsv(cols, rows)
         return
-    t = table(summary_line(verdicts), cols, keep=["op", "backend", "result", "check", "vs eager", "vs compile",
-                                                  "time"])
+    t = table(summary_line(verdicts), cols, keep=["op", "backend"], flex=["message"])
     for r in rows:
         t.add_row(styled(r[0]), r[1], Text(r[2], style="green" if r[2] == "pass" else "red"), r[3], styled(r[4]),
                   *r[5:])
@@ -701,7 +706,7 @@ def regen_cmd(
         s = result.summary()
         t = table(f"regen on {backend}: {s['passing_before']} of {s['total']} passing before, "
                   f"{s['passing_after']} after", ["op", "before", "after", "action", "detail", "vs eager"],
-                  keep=["op", "action", "vs eager"])
+                  keep=["op", "action", "vs eager"], flex=["detail"])
         for o in result.ops:
             speed = o.after.speedup_vs_eager
             before = Text("pass", style="green") if o.before.passed else Text(f"FAIL {o.before.check}", style="red")

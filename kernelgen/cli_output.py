@@ -24,20 +24,28 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def table(title: str, columns: Sequence[str], keep: Iterable[str] = ()) -> Table:
-    """A table whose `keep` columns (ids, names, paths) are never broken and whose others fold."""
-    keep = set(keep)
+FLEX_MIN_WIDTH = 16  # a folding text column is never squeezed below this (one short word per line)
+
+
+def table(title: str, columns: Sequence[str], keep: Iterable[str] = (), flex: Iterable[str] = ()) -> Table:
+    """A table whose `keep` columns (ids, names, paths) are never broken and whose others fold; `flex`
+    columns (long text) take the width left over, at least FLEX_MIN_WIDTH."""
+    keep, flex = set(keep), set(flex)
     t = Table(title=title, title_justify="left")
     for col in columns:
-        t.add_column(col, no_wrap=col in keep, overflow="fold")
+        t.add_column(col, no_wrap=col in keep, overflow="fold", ratio=1 if col in flex else None,
+                     min_width=FLEX_MIN_WIDTH if col in flex else None)
     return t
 
 
 def print_table(t: Table, out: Console | None = None) -> None:
     """Print `t` at the console's width, or wider when its unbreakable cells need more (rich would cut them)."""
     out = out or console
-    need = Measurement.get(out, out.options, t).minimum
-    out.print(t, width=max(out.width, need), crop=False)
+    need = Measurement.get(out, out.options.update_width(100_000), t).minimum
+    if need > out.width:  # print(width=...) cannot go past the console's width: a wider console, same stream
+        out = Console(file=out.file, width=need, color_system=out.color_system, force_terminal=out.is_terminal,
+                      no_color=out.no_color)
+    out.print(t, crop=False)
 
 
 def plain(text: str, out: Console | None = None) -> None:

@@ -52,7 +52,8 @@ def _verdict_cell(v: dict | None) -> Text:
 def print_run(result: dict, out) -> None:
     backends = result.get("backends") or []
     if result.get("candidates"):
-        t = table(f"candidates for {result.get('name')!r}", ["candidate", "origin", *backends], keep=["candidate"])
+        t = table(f"candidates for {result.get('name')!r}", ["candidate", "origin", *backends], keep=["candidate"],
+                  flex=backends)
         for c in result["candidates"]:
             label = ("★ " if c["id"] == result.get("winner") else "") + c["id"]
             origin = c["origin"] + (f" (repair {c['round']})" if c["round"] else "")

@@ -196,6 +196,15 @@ def load_kernel_module(path: Path, name: str) -> types.ModuleType:
     return module
 
 
+def _check_syntax(path: Path) -> None:
+    """A kernel file that does not parse makes its op broken (not merely stale: no record can be fresh)."""
+    try:
+        compile(path.read_bytes(), str(path), "exec", dont_inherit=True)
+    except (SyntaxError, ValueError) as exc:
+        line = f" (line {exc.lineno})" if getattr(exc, "lineno", None) else ""
+        raise SpecError(f"{path}: not valid Python: {getattr(exc, 'msg', exc)}{line}") from None
+
+
 def load_op(path: Path) -> Op:
     op = Op(name=path.name, path=path)
     try:
@@ -204,6 +213,7 @@ def load_op(path: Path) -> Op:
             raise SpecError(f"{path / 'spec.toml'}: field 'name' is {op.spec.name!r} but the folder is {path.name!r}")
         if not op.kernel_path.is_file():
             raise SpecError(f"{path}: kernel.py is missing")
+        _check_syntax(op.kernel_path)
     except SpecError as exc:
         op.spec, op.error = None, str(exc)
     return op
