@@ -200,9 +200,12 @@ def _check_syntax(path: Path) -> None:
     """A kernel file that does not parse makes its op broken (not merely stale: no record can be fresh)."""
     try:
         compile(path.read_bytes(), str(path), "exec", dont_inherit=True)
-    except (SyntaxError, ValueError) as exc:
-        line = f" (line {exc.lineno})" if getattr(exc, "lineno", None) else ""
-        raise SpecError(f"{path}: not valid Python: {getattr(exc, 'msg', exc)}{line}") from None
+    except SyntaxError as exc:  # worded like the verifier's static check, which LLM repair prompts quote
+        text = (exc.text or "").strip()
+        raise SpecError(f"{path} line {exc.lineno}: syntax error: {exc.msg}"
+                        + (f" in `{text[:120]}`" if text else "")) from None
+    except ValueError as exc:  # null bytes
+        raise SpecError(f"{path}: syntax error: {exc}") from None
 
 
 def load_op(path: Path) -> Op:

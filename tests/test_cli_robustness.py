@@ -354,7 +354,7 @@ def test_kernel_with_a_syntax_error_is_broken_and_enable_skips_it(tmp_path, monk
     (raising / "kernel.py").write_text("raise RuntimeError('no driver here')\n" + (raising / "kernel.py").read_text())
     monkeypatch.setenv("KERNELGEN_LIBRARY", str(lib))
     op = load_op(bad)
-    assert op.broken and "not valid Python" in op.error and "line" in op.error
+    assert op.broken and "syntax error" in op.error and "line" in op.error and "def oops(:" in op.error
     rows = {r["name"]: r for r in json.loads(invoke("list", "--json").stdout)}
     assert rows["zz_bad_softmax"]["broken"] and rows["zz_bad_softmax"]["backends"]["interpreter"]["status"] == "broken"
     with pytest.warns(BrokenOpWarning) as caught:
@@ -465,3 +465,16 @@ def test_verification_status_line_shows_elapsed_seconds(monkeypatch):
     monkeypatch.setattr(cli_runs.time, "monotonic", lambda: next(clock))
     line = cli_runs._Elapsed("composer on interpreter: running")
     assert line.__rich__().plain == "  composer on interpreter: running (7 s)"
+
+
+# ---- 10. the lean install recipe stays in step with pyproject.toml -----------------------------------------
+def test_lean_requirements_list_every_dependency_but_chromadb():
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    lean = [line.strip() for line in (root / "requirements-lean.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    assert "chromadb" in " ".join(deps)
+    assert [d for d in deps if not d.startswith("chromadb")] == lean[:len(deps) - 1]
+    assert not any(line.startswith(("chromadb", "kubernetes", "onnxruntime", "tokenizers")) for line in lean)
