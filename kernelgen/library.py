@@ -351,7 +351,8 @@ def merge_op(
     dest = dest_parent / spec.name
     if dest.exists() and not replace:
         raise FileExistsError(f"{dest} already exists (use replace=True)")
-    tmp = Path(tempfile.mkdtemp(dir=dest_parent, prefix=f".tmp-{spec.name}-"))
+    # the pid in the name tells a leftover (its process is gone) from another run's merge in progress
+    tmp = Path(tempfile.mkdtemp(dir=dest_parent, prefix=f".tmp-{spec.name}-{os.getpid()}-"))
     try:
         _shared_mode(tmp, is_dir=True)
         (tmp / "kernel.py").write_text(kernel_source)
@@ -370,3 +371,20 @@ def merge_op(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def merge_leftovers(parent: Path, name: str) -> list[Path]:
+    """`.tmp-<name>-<pid>-*` and `.old-<name>-<pid>` folders under `parent` left by merges whose process has
+    ended (killed mid-merge). A merge of the same op still running in another process is not a leftover;
+    folders named before the pid was part of the name are."""
+    import re
+
+    from kernelgen.scratch import pid_alive
+
+    found = []
+    pattern = re.compile(r"^\.(?:tmp|old)-" + re.escape(name) + r"-(?:(\d+)(?:-|$))?")
+    for p in parent.glob(f".*-{name}-*") if parent.is_dir() else []:
+        m = pattern.match(p.name)
+        if m and p.is_dir() and not (m.group(1) and pid_alive(int(m.group(1)))):
+            found.append(p)
+    return sorted(found)

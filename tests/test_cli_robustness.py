@@ -478,3 +478,16 @@ def test_lean_requirements_list_every_dependency_but_chromadb():
     assert "chromadb" in " ".join(deps)
     assert [d for d in deps if not d.startswith("chromadb")] == lean[:len(deps) - 1]
     assert not any(line.startswith(("chromadb", "kubernetes", "onnxruntime", "tokenizers")) for line in lean)
+
+
+def test_merge_leftovers_are_only_those_of_ended_processes(tmp_path):
+    from kernelgen.library import merge_leftovers
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    names = [f".tmp-zz_op-{dead.pid}-k2j4", f".old-zz_op-{dead.pid}", ".tmp-zz_op-abcd1234",  # leftovers
+             f".tmp-zz_op-{os.getpid()}-x1y2", f".old-zz_op-{os.getpid()}",  # a merge in progress here
+             f".tmp-zz_op_two-{dead.pid}-k2j4"]  # another op
+    for n in names:
+        (tmp_path / n).mkdir()
+    assert [p.name for p in merge_leftovers(tmp_path, "zz_op")] == sorted(names[:3])
