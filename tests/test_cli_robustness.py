@@ -258,6 +258,13 @@ def test_ctrl_c_says_how_to_resume_and_resume_does_not_count_the_pause(cache, tm
     assert result["status"] == "merged" and result["resumed"] is True
     # the run's time is the two drives', not the pause between them
     assert 0 < result["wall_s"] < outer - pause, (result["wall_s"], outer)
+    # the state says the run was resumed (a stage that finds its own earlier work may say so)
+    from kernelgen.agents import graph, runs
+
+    conn = runs.connect()
+    values = graph.build_graph(runs.checkpointer(conn)).get_state({"configurable": {"thread_id": run_id}}).values
+    conn.close()
+    assert values["resumed"] is True and values["result"]["status"] == "merged"
 
 
 def test_resume_of_a_killed_run_counts_time_up_to_its_last_checkpoint(cache, tmp_path):

@@ -41,6 +41,7 @@ class RunState(TypedDict, total=False):
     merged: str | None
     result: dict[str, Any]
     messages: Annotated[list[str], operator.add]  # notes for the report, appended by any node
+    resumed: bool  # set by `kernelgen resume`: a stage may find its own earlier work (e.g. a finished merge)
 
 
 def _staged(name: str, fn: Callable[[dict], dict]) -> Callable[[dict], dict]:
@@ -146,7 +147,10 @@ def resume_run(run_id: str, listener: nodes.Listener | None = None) -> dict[str,
             raise KernelgenError(f"run {run_id!r} is still running (process {info['pid']}); "
                                  "resume it only once that process has ended")
         app = build_graph(runs_mod.checkpointer(conn))
-        snapshot = app.get_state({"configurable": {"thread_id": run_id}})
+        config = {"configurable": {"thread_id": run_id}}
+        snapshot = app.get_state(config)
+        if snapshot.values and snapshot.next and not snapshot.values.get("resumed"):
+            _mark_resumed(app, config, snapshot)
     finally:
         conn.close()
     if not snapshot.values:
@@ -154,6 +158,20 @@ def resume_run(run_id: str, listener: nodes.Listener | None = None) -> dict[str,
     if not snapshot.next:
         return dict(snapshot.values.get("result") or info.get("result") or {}, resumed=False)
     return dict(_drive(None, run_id, info["request"], listener, _time_before(info, snapshot)), resumed=True)
+
+
+def _mark_resumed(app, config: dict, snapshot) -> None:
+    """Record in the run's state that it was resumed, so a stage that finds its own earlier work (a merged
+    folder) can say so, while a fresh run that finds the same thing knows another run did it. The update
+    re-evaluates the edges out of the last finished stage, which depend on the state alone: the next stage
+    stays the same (checked)."""
+    try:
+        app.update_state(config, {"resumed": True})
+    except Exception:  # e.g. no stage has finished yet: langgraph cannot tell which node the update is from
+        return
+    after = app.get_state(config).next
+    if after != snapshot.next:  # never seen; resuming from a different stage would be wrong, so say so
+        raise KernelgenError(f"resuming would run {after} instead of {snapshot.next}; please report this")
 
 
 def prune_runs(keep: int = 0) -> list[str]:
