@@ -8,13 +8,23 @@ kernelgen/cli_output.py.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import typer
 from rich.text import Text
 
+from kernelgen import cli_library
+from kernelgen.cli_args import (
+    FORMAT_HELP,
+    check_backends,
+    check_format,
+    clean_scratch,
+    emit_json,
+    existing_libraries,
+    fail,
+    readable_help_types,
+)
 from kernelgen.cli_output import (
     console,
     err_console,
@@ -31,85 +41,11 @@ from kernelgen.errors import KernelgenError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Generate, verify and ship Triton kernels.",
                   context_settings={"help_option_names": ["-h", "--help"]})
-BUILTIN_BACKENDS = ("cuda", "interpreter")  # as registered by kernelgen.backends (without importing torch)
-FORMATS = ("table", "json", "tsv")
-
-
-def _readable_help_types() -> None:
-    """typer prints `<bool>` after every flag and `<list[str]>` after an argument in --help; a flag takes no
-    value, and an argument's metavar already says what it takes: show nothing there."""
-    from typer.core import TyperArgument, TyperOption
-
-    for cls in (TyperOption, TyperArgument):
-        shown = cls.display_type_rich
-
-        def display_type_rich(self, ctx, _shown=shown, _argument=cls is TyperArgument):
-            if getattr(self, "is_flag", False) and self.metavar is None or _argument and self.metavar:
-                return None
-            return _shown(self, ctx)
-
-        cls.display_type_rich = display_type_rich
-
 
 try:
-    _readable_help_types()
+    readable_help_types()
 except (ImportError, AttributeError):  # another typer: its own help layout
     pass
-
-
-def fail(message: str, code: int = 2) -> None:
-    """One line on stderr, then exit (2: bad input)."""
-    err_console.print(Text("error: ", style="bold red") + Text(str(message)), highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def emit_json(obj) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
-
-
-def _format(fmt: str, as_json: bool, allowed: tuple[str, ...] = FORMATS) -> str:
-    fmt = "json" if as_json else fmt
-    if fmt not in allowed:
-        fail(f"--format must be one of {', '.join(allowed)}, not {fmt!r}")
-    return fmt
-
-
-def _known_backends() -> list[str]:
-    """Backend names, built-ins then plugins, read from entry points only (no torch import)."""
-    from importlib.metadata import entry_points
-
-    plugins = {ep.name for ep in entry_points(group="kernelgen.backends")} - set(BUILTIN_BACKENDS)
-    return list(BUILTIN_BACKENDS) + sorted(plugins)
-
-
-def _check_backends(names: list[str] | None) -> None:
-    known = _known_backends()
-    for b in names or []:
-        if b not in known:
-            fail(f"unknown backend {b!r}; known: {', '.join(known)}")
-
-
-def _backend_names(backend: list[str] | None) -> list[str]:
-    _check_backends(backend)
-    return list(backend) if backend else _known_backends()
-
-
-def _existing_libraries(library: list[str] | None) -> list[str] | None:
-    """--library folders that must already exist (list, search, verify, regen)."""
-    for p in library or []:
-        path = Path(p).expanduser()
-        if not path.exists():
-            fail(f"--library {p} does not exist")
-        if not path.is_dir():
-            fail(f"--library {p} is not a folder")
-    return library
-
-
-def _clean_scratch() -> None:
-    """Scratch folders of killed kernelgen processes (verifier workers, regen stages) are removed here."""
-    from kernelgen.scratch import clean_leftovers
-
-    clean_leftovers()
 
 
 def _version(value: bool) -> None:
@@ -128,146 +64,7 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
     Start with `kernelgen new "fused rmsnorm + residual" --library my-kernels`, then `kernelgen list`."""
 
 
-STATUS_STYLE = {"verified": "green", "stale": "yellow", "failing": "red", "unverified": "dim", "broken": "bold red"}
-FORMAT_HELP = "table | json | tsv (tab-separated, for scripts)."
-
-
-def _status_text(st: dict) -> str:
-    text = st["status"]
-    if st.get("speedup"):
-        text += f" {st['speedup']:.2f}x"
-    if st["enable"]["verified"]:
-        text += " on"  # switched on by kernelgen.enable()
-    elif st["enable"]["by_size"]:
-        text += " by_size"  # on with enable(by_size=True), for large inputs
-    return text
-
-
-@app.command("list", epilog="Examples:  kernelgen list --backend cuda  |  kernelgen list --library my-kernels "
-             "--format tsv")
-@one_line_warnings
-def list_ops(
-    backend: list[str] | None = typer.Option(None, "--backend", "-b", metavar="BACKEND",
-                                             help="Backend(s) to show (default: all)."),
-    library: list[str] | None = typer.Option(None, "--library", metavar="DIR",
-                                             help="Extra library folder(s) to include."),
-    fmt: str = typer.Option("table", "--format", "-f", metavar="FORMAT", help=FORMAT_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Same as --format json."),
-) -> None:
-    """Every library op: the ATen overloads it overrides and, per backend, its verification status and
-    whether `kernelgen.enable()` switches it on there."""
-    fmt = _format(fmt, as_json)
-    names = _backend_names(backend)
-    _existing_libraries(library)
-    from kernelgen.aten import policy_allows
-    from kernelgen.backends import get_backend
-    from kernelgen.library import discover, op_status
-
-    backends = {b: get_backend(b) for b in names}
-    rows = []
-    for op in discover(library):
-        row = {
-            "name": op.name,
-            "path": str(op.path),
-            "aten": [a.overload for a in op.spec.aten] if op.spec else [],
-            "broken": op.broken,
-            "reason": op.error,
-            "backends": {b: op_status(op, b) for b in names},
-        }
-        for b, be in backends.items():
-            on, why = policy_allows(op, be, "verified")
-            on_by_size, _ = policy_allows(op, be, "verified", by_size=True)
-            row["backends"][b]["enable"] = {"verified": on, "by_size": on_by_size, "why_not": why}
-        rows.append(row)
-    if fmt == "json":
-        emit_json(rows)
-        return
-    if fmt == "tsv":
-        tsv(["op", "overrides", *names, "reason", "path"],
-            ([r["name"], ",".join(r["aten"]),
-              *[("broken" if r["broken"] else _status_text(r["backends"][b])) for b in names],
-              r["reason"], r["path"]] for r in rows))
-        return
-    t = table(f"kernelgen library ({len(rows)} ops)", ["op", "overrides", *names], keep=["op", "overrides"],
-              flex=names)
-    for row in rows:
-        if row["broken"]:
-            broken = Text("broken", style="bold red") + Text(f": {row['reason']}")
-            t.add_row(styled(row["name"], "bold"), "", broken, *[""] * (len(names) - 1))
-            continue
-        cells = []
-        for b in names:
-            st = row["backends"][b]
-            words = _status_text(st).split(" ")
-            cell = Text(words[0], style=STATUS_STYLE[st["status"]])
-            for w in words[1:]:
-                cell += Text(" " + w, style={"on": "green", "by_size": "yellow"}.get(w, ""))
-            cells.append(cell)
-        t.add_row(styled(row["name"], "bold"), "\n".join(row["aten"]) or "-", *cells)
-    print_table(t)
-    console.print("[green]on[/]: switched on by kernelgen.enable(); [yellow]by_size[/]: by "
-                  "kernelgen.enable(by_size=True), for large inputs only", highlight=False, soft_wrap=True)
-
-
-@app.command("backends", epilog="Example:  kernelgen backends --json")
-def list_backends(
-    fmt: str = typer.Option("table", "--format", "-f", metavar="FORMAT", help=FORMAT_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Same as --format json."),
-) -> None:
-    """Known backends (built-in and plugins) and whether each is available here."""
-    fmt = _format(fmt, as_json)
-    from kernelgen.backends import all_backends
-
-    infos = [b.info() for b in all_backends()]
-    if fmt == "json":
-        emit_json(infos)
-        return
-    cols = ["name", "available", "dispatch key", "dtypes", "description"]
-    rows = [[i["name"], "yes" if i["available"] else "no", i["dispatch_key"], ", ".join(i["dtypes"]),
-             i["description"]] for i in infos]
-    if fmt == "tsv":
-        tsv(cols, rows)
-        return
-    t = table("backends", cols, keep=["name", "dispatch key"])
-    for r in rows:
-        t.add_row(r[0], Text(r[1], style="green" if r[1] == "yes" else "dim"), *map(styled, r[2:]))
-    print_table(t)
-
-
-# ---- retrieval: search (kernelgen/retrieval) --------------------------------------------------------
-@app.command("search", epilog='Examples:  kernelgen search "swiglu"  |  kernelgen search "pre-norm residual" -k 3 '
-             "--json")
-@one_line_warnings
-def search_library(
-    query: str = typer.Argument(..., metavar="QUERY",
-                                help='What the op does, in words: "swiglu", "pre-norm residual", "RoPE".'),
-    k: int = typer.Option(5, "-k", "--top", min=1, metavar="N", help="How many ops to show."),
-    library: list[str] | None = typer.Option(None, "--library", metavar="DIR",
-                                             help="Extra library folder(s) to include."),
-    fmt: str = typer.Option("table", "--format", "-f", metavar="FORMAT", help=FORMAT_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Same as --format json."),
-) -> None:
-    """The library ops closest to QUERY (offline embedding unless KERNELGEN_EMBEDDINGS=openai)."""
-    fmt = _format(fmt, as_json)
-    if not query.strip():
-        fail("the search query is empty")
-    _existing_libraries(library)
-    from kernelgen.retrieval import search
-
-    with err_console.status("searching the library (the index is rebuilt when the library changed)"):
-        hits = search(query, k=k, library=library)
-    if fmt == "json":
-        emit_json([h.to_dict() for h in hits])
-        return
-    cols = ["#", "op", "score", "overrides", "path"]
-    rows = [[str(rank), h.name, f"{h.score:.3f}", ", ".join(h.aten) or "-", h.path] for rank, h in enumerate(hits, 1)]
-    if fmt == "tsv":
-        tsv(cols, rows)
-        return
-    t = table(f"library ops for {query!r}", cols, keep=["op", "path"])
-    for r in rows:
-        t.add_row(r[0], styled(r[1], "bold"), *map(styled, r[2:]))
-    print_table(t)
+cli_library.register(app)  # list, backends, search
 
 
 # ---- generation: new / runs / resume (kernelgen/agents) ---------------------------------------------
@@ -349,7 +146,7 @@ def new_op(
         fail("the request is empty; say what the op computes, e.g. \"fused rmsnorm + residual\"")
     if name is not None and not NAME_RE.match(name):
         fail(f"--name must be lower_snake_case (letters, digits, _), got {name!r}")
-    _check_backends(backend)
+    check_backends(backend)
     target = (library or default_target_library()).expanduser()
     if target.exists() and not target.is_dir():
         fail(f"--library {target} is not a folder")
@@ -375,7 +172,7 @@ def new_op(
         llm_state = llm_settings(use_llm)
     except KernelgenError as exc:
         fail(str(exc))
-    _clean_scratch()
+    clean_scratch()
     run_id = new_run_id()
     out = err_console if as_json else console
     out.print(f"run {run_id} (resume with: kernelgen resume {run_id})", highlight=False, soft_wrap=True)
@@ -434,7 +231,7 @@ def list_runs_cmd(
     as_json: bool = typer.Option(False, "--json", help="Same as --format json."),
 ) -> None:
     """Recent `kernelgen new` runs with their state (interrupted runs can be resumed)."""
-    fmt = _format(fmt, as_json)
+    fmt = check_format(fmt, as_json)
     if keep and not prune:
         fail("--keep only goes with --prune")
     import time as _time
@@ -487,7 +284,7 @@ def resume_cmd(
             conn.close()
     except KernelgenError as exc:
         fail(str(exc))
-    _clean_scratch()
+    clean_scratch()
     out = err_console if as_json else console
     out.print(f"resuming run {run_id}", highlight=False, soft_wrap=True)
     try:
@@ -561,7 +358,7 @@ def verify_cmd(
     """Verify ops in sandboxed subprocesses: static check, accuracy, anti-cheat, performance.
 
     Exit code 0: all passed; 1: some failed (the report names the check and why); 2: bad usage."""
-    fmt = _format(fmt, as_json, VERIFY_FORMATS)
+    fmt = check_format(fmt, as_json, VERIFY_FORMATS)
     if timeout <= 0 or jobs < 1 or trials < 1:
         fail("--timeout must be > 0, --jobs and --trials >= 1")
     if sum([bool(ops), all_ops, changed]) != 1:
@@ -569,8 +366,8 @@ def verify_cmd(
     if base is not None and not changed:
         fail("--base only goes with --changed")
     if backend is not None:
-        _check_backends([backend])
-    _existing_libraries(library)
+        check_backends([backend])
+    existing_libraries(library)
     from kernelgen.verify import report
 
     try:
@@ -581,7 +378,7 @@ def verify_cmd(
     if jobs > 1 and be.measures_performance and not no_perf:
         err_console.print("[yellow]note:[/] --jobs > 1 times kernels side by side on one device; "
                           "use --jobs 1 for timings you will quote")
-    _clean_scratch()
+    clean_scratch()
     verdicts = _run_verify(folders, be.name, jobs=jobs, timeout=timeout, perf=not no_perf, trials=trials,
                            write=not no_write, with_compile=not no_compile)
     if out:
@@ -671,13 +468,13 @@ def regen_cmd(
     """Verify every op on BACKEND; re-tune or regenerate those that fail or are slower than eager there.
 
     Exit code 0: every op passes after; 1: some still fail; 2: bad usage."""
-    _check_backends([backend])
+    check_backends([backend])
     if executor not in ("local", "ray"):
         fail(f"--executor must be one of local, ray, not {executor!r}")
     if timeout <= 0 or jobs < 1 or trials < 1:
         fail("--timeout must be > 0, --jobs and --trials >= 1")
     if library is not None:
-        _existing_libraries([library])
+        existing_libraries([library])
     if executor == "ray":
         import importlib.util
 
@@ -697,7 +494,7 @@ def regen_cmd(
         err_console.print(Text(f"{op}: ", style="bold") + Text(message) if op else Text(message, style="cyan"),
                           highlight=False, soft_wrap=True)
 
-    _clean_scratch()
+    clean_scratch()
     result = regenerate(backend, ops=ops or None, jobs=jobs, executor=executor, out=out, library=library,
                         trials=trials, timeout=timeout, with_compile=not no_compile, llm=llm, on_event=event)
     if as_json:
