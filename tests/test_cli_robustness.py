@@ -498,3 +498,34 @@ def test_merge_leftovers_are_only_those_of_ended_processes(tmp_path):
     for n in names:
         (tmp_path / n).mkdir()
     assert [p.name for p in merge_leftovers(tmp_path, "zz_op")] == sorted(names[:3])
+
+
+# ---- 11. enable(): exclude=, library= and stale records --------------------------------------------------
+def test_enable_exclude_library_and_stale_record_gating(tmp_path, interpreter, rng_seed):
+    import torch
+    import torch.nn.functional as F
+
+    import kernelgen
+    from kernelgen.library import source_hash
+
+    on = kernelgen.enable(backend="interpreter", policy="all", exclude=["softmax"])
+    assert "softmax" not in on and {"rms_norm", "log_softmax"} <= set(on)
+    kernelgen.disable()
+
+    lib = tmp_path / "lib"
+    folder = copy_op("rms_norm", lib, "zz_norm")
+    with pytest.raises(ValueError, match="zz_norm"):  # only reachable through library=
+        kernelgen.enable(backend="interpreter", policy="correct", include=["zz_norm"])
+    assert kernelgen.enable(backend="interpreter", policy="correct", include=["zz_norm"], library=[lib]) == []
+    write_record(folder, "interpreter", {"passed": True, "source_hash": source_hash(folder, "interpreter")})
+    assert kernelgen.enable(backend="interpreter", policy="correct", include=["zz_norm"], library=[lib]) == ["zz_norm"]
+    g = torch.Generator().manual_seed(rng_seed)
+    x, w = torch.randn(5, 40, generator=g), torch.randn(40, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(F.rms_norm(x, (40,), w, 1e-6), x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True)
+                                                                                  + 1e-6) * w, atol=1e-5, rtol=1e-5)
+    assert kernelgen.status()["interpreter"]["calls"] == {"zz_norm": 1}
+    kernelgen.disable()
+    (folder / "kernel.py").write_text((folder / "kernel.py").read_text() + "\n# edited after verification\n")
+    assert kernelgen.enable(backend="interpreter", policy="correct", include=["zz_norm"], library=[lib]) == []
+    assert kernelgen.enable(backend="interpreter", policy="all", include=["zz_norm"], library=[lib]) == ["zz_norm"]
