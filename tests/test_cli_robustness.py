@@ -529,3 +529,20 @@ def test_enable_exclude_library_and_stale_record_gating(tmp_path, interpreter, r
     (folder / "kernel.py").write_text((folder / "kernel.py").read_text() + "\n# edited after verification\n")
     assert kernelgen.enable(backend="interpreter", policy="correct", include=["zz_norm"], library=[lib]) == []
     assert kernelgen.enable(backend="interpreter", policy="all", include=["zz_norm"], library=[lib]) == ["zz_norm"]
+
+
+def test_runs_database_of_an_earlier_kernelgen_gains_the_new_columns(cache):
+    from kernelgen.agents import runs
+
+    cache.mkdir(parents=True)
+    old = sqlite3.connect(cache / "runs.sqlite")
+    old.execute("CREATE TABLE kernelgen_runs (run_id TEXT PRIMARY KEY, request TEXT, pid INTEGER, status TEXT, "
+                "created REAL, updated REAL, result TEXT)")
+    old.execute("INSERT INTO kernelgen_runs VALUES ('r-old', 'softmax', 1, 'merged', 1, 2, '{\"name\": \"softmax\"}')")
+    old.commit()
+    old.close()
+    conn = runs.connect()
+    row = runs.get_run(conn, "r-old")
+    conn.close()
+    assert (row["status"], row["active_s"], row["result"]) == ("merged", 0.0, {"name": "softmax"})
+    assert not list(cache.glob("runs.sqlite.unreadable-*"))
