@@ -21,16 +21,17 @@ EDGE_CASES = {"one row", "non-power-of-two", "longer than one block", "strided r
 
 
 @pytest.fixture
-def assert_library_op_verifies(interpreter):
-    """Check a library op against its upcast reference on every dtype and every edge case (3 fresh seeds)."""
+def assert_library_op_verifies(interpreter, rng_seed):
+    """Check a library op against its upcast reference on every dtype and every edge case (3 fresh seeds,
+    drawn from `rng_seed`, which a failure reports)."""
 
     def check(name: str) -> None:
         from kernelgen.library import get_op
         from kernelgen.verify.accuracy import check_accuracy
 
         op = get_op(name)
-        result = check_accuracy(op.spec, op.launcher(), interpreter, trials=3)
-        assert result.passed, result.message
+        result = check_accuracy(op.spec, op.launcher(), interpreter, trials=3, seed=rng_seed)
+        assert result.passed, f"seed {rng_seed}: {result.message}"
         assert EDGE_CASES <= {r["case"].split(" {")[0] for r in result.rows}
         assert {r["dtype"] for r in result.rows} == {"float32", "float16", "bfloat16"}
 
