@@ -154,7 +154,7 @@ def new_op(
     if llm and not llm_configured():
         fail("--llm needs KERNELGEN_BASE_URL (an OpenAI-compatible server) or OPENAI_API_KEY")
     from kernelgen.agents.graph import llm_settings, start_run
-    from kernelgen.agents.runs import new_run_id
+    from kernelgen.agents.runs import cache_dir, new_run_id
     from kernelgen.backends import available_backends, get_backend
 
     names = list(backend) if backend else [b.name for b in available_backends()]
@@ -170,6 +170,7 @@ def new_op(
     }
     try:
         llm_state = llm_settings(use_llm)
+        cache_dir()  # a cache path that is a file: one line now, not after the run has started
     except KernelgenError as exc:
         fail(str(exc))
     clean_scratch()

@@ -149,10 +149,14 @@ def search_library(
     if not query.strip():
         fail("the search query is empty")
     existing_libraries(library)
+    from kernelgen.errors import KernelgenError
     from kernelgen.retrieval import search
 
-    with err_console.status("searching the library (the index is rebuilt when the library changed)"):
-        hits = search(query, k=k, library=library)
+    try:
+        with err_console.status("searching the library (the index is rebuilt when the library changed)"):
+            hits = search(query, k=k, library=library)
+    except KernelgenError as exc:  # the embeddings endpoint is unreachable, the cache folder is a file, ...
+        fail(str(exc))
     if fmt == "json":
         emit_json([h.to_dict() for h in hits])
         return

@@ -107,8 +107,11 @@ def test_retrieval_cache_that_is_a_file_is_moved_aside(cache):
 def test_cache_folder_that_is_a_file_is_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setenv("KERNELGEN_CACHE_DIR", str(tmp_path / "cachefile"))
     (tmp_path / "cachefile").write_text("x")
-    res = invoke("runs")
-    assert res.exit_code == 2 and "is a file" in one_line(res.stderr)
+    for args in (["runs"], ["resume", "r1"], ["new", "add + relu", "--library", str(tmp_path / "lib")],
+                 ["search", "softmax"]):
+        res = invoke(*args)
+        assert res.exit_code == 2 and "is a file" in one_line(res.stderr), args
+    assert not (tmp_path / "lib").exists()
 
 
 # ---- 3. piped output: nothing machine-readable is wrapped or cut ------------------------------------------
