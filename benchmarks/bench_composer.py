@@ -45,8 +45,8 @@ os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 def run(requests: list[str], trials: int) -> dict:
     import torch
 
-    from kernelgen.agents.composer import compose
     from kernelgen.backends import get_backend
+    from kernelgen.frontends.composer import compose
     from kernelgen.library import load_op, merge_op
     from kernelgen.verify.engine import verify_op, versions
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from triton.testing import do_bench
 
-from kernelgen.agents.composer import compose
+from kernelgen.frontends.composer import compose
 from kernelgen.library import get_op, load_op, merge_op
 from kernelgen.verify.inputs import make_inputs, reference_function
 

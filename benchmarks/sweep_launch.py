@@ -59,7 +59,7 @@ TARGETS: list[tuple[str, list[dict]]] = [
 def load_target(target: str, workdir: Path):
     """(spec, kernel module) of a library op or of a freshly composed kernel."""
     if target.startswith("compose:"):
-        from kernelgen.agents.composer import compose
+        from kernelgen.frontends.composer import compose
 
         comp = compose(target.split(":", 1)[1])
         folder = merge_op(workdir, comp.spec, comp.kernel_source)

@@ -200,7 +200,7 @@ def compose_cmd(
     out_dir = Path(out) if out is not None else None
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         fail(f"--out {out} exists and is not a folder")
-    from kernelgen.agents.composer import ComposeError, compose
+    from kernelgen.frontends.composer import ComposeError, compose
     from kernelgen.spec import dump_spec
 
     try:

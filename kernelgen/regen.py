@@ -185,7 +185,7 @@ def _regen_sources(op: Op, backend, verdict: Verdict, why: str, use_llm: bool,
     assert op.spec is not None
     out: list[tuple[str, str]] = []
     request = op.spec.request or op.spec.description
-    from kernelgen.agents.composer import ComposeError, compose
+    from kernelgen.frontends.composer import ComposeError, compose
 
     try:
         comp = compose(request, name=op.name)

@@ -25,7 +25,10 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 DTYPES = ("float32", "float16", "bfloat16")
 INPUT_KINDS = ("tensor", "float", "int", "bool")
 # How a tensor input is filled. Never zeros or constants: those hide unwritten outputs.
-FILLS = ("randn", "rand", "positive", "int8", "uniform_pm1")
+FILLS = ("randn", "rand", "positive", "int8", "uniform_pm1", "index")
+# fill = "index": integers in [0, high) where `high` is a dim name or a positive int (class targets, gather and
+# embedding indices); `sentinel` (optional) is an extra value some elements take, such as an ignore_index.
+INDEX_DTYPES = ("int32", "int64")
 # Input dtype: "input" means the dtype under test; anything else is a fixed torch dtype name.
 FIXED_DTYPES = ("float32", "float16", "bfloat16", "int8", "int32", "int64", "bool")
 
@@ -47,6 +50,8 @@ class InputSpec:
     dtype: str = "input"
     fill: str = "randn"
     value: Any = None
+    high: str = ""  # fill = "index": exclusive upper bound, a dim name or an integer
+    sentinel: int | None = None  # fill = "index": a value some elements take instead (e.g. ignore_index)
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,10 @@ class OpSpec:
             item: dict[str, Any] = {"name": i.name, "kind": i.kind}
             if i.kind == "tensor":
                 item.update(shape=list(i.shape), dtype=i.dtype, fill=i.fill)
+                if i.fill == "index":
+                    item["high"] = int(i.high) if i.high.isdigit() else i.high
+                    if i.sentinel is not None:
+                        item["sentinel"] = i.sentinel
             else:
                 item["value"] = i.value
             doc["inputs"].append(item)
@@ -232,7 +241,9 @@ def _parse(doc: dict[str, Any], src: str) -> OpSpec:
             fill = item.get("fill", "randn")
             if fill not in FILLS:
                 raise SpecError(f"{src}: field '{where}fill' must be one of {FILLS}, got {fill!r}")
-            inputs.append(InputSpec(iname, kind, tuple(str(d) for d in shape), dtype, fill))
+            high, sentinel = _index_bounds(item, fill, dtype, src, where)
+            inputs.append(InputSpec(iname, kind, tuple(str(d) for d in shape), dtype, fill, high=high,
+                                    sentinel=sentinel))
         else:
             if "value" not in item:
                 raise SpecError(f"{src}: field '{where}value' is missing (scalar inputs need a value)")
@@ -306,6 +317,10 @@ def _parse(doc: dict[str, Any], src: str) -> OpSpec:
         request=str(doc.get("request", "")),
         source=src,
     )
+    for n, i in enumerate(inputs):
+        if i.fill == "index" and not i.high.isdigit() and i.high not in spec.dims():
+            raise SpecError(f"{src}: field 'inputs[{n}].high' must name a dim of the inputs' shapes "
+                            f"{sorted(spec.dims())} or be a positive integer, got {i.high!r}")
     missing = {d for s in test_shapes + bench_shapes for d in spec.dims() if d not in s}
     if missing:
         raise SpecError(f"{src}: field 'shapes' must give every dim used by inputs; missing {sorted(missing)}")
@@ -313,6 +328,25 @@ def _parse(doc: dict[str, Any], src: str) -> OpSpec:
         if formula and test_shapes:
             _eval_formula(formula, test_shapes[0], 2, src, fname)
     return spec
+
+
+def _index_bounds(item: dict, fill: str, dtype: str, src: str, where: str) -> tuple[str, int | None]:
+    """(high, sentinel) of an index input, checked; ("", None) for any other fill."""
+    if fill != "index":
+        for key in ("high", "sentinel"):
+            if key in item:
+                raise SpecError(f"{src}: field '{where}{key}' only applies to fill = \"index\"")
+        return "", None
+    if dtype not in INDEX_DTYPES:
+        raise SpecError(f"{src}: field '{where}dtype' must be one of {INDEX_DTYPES} for fill = \"index\", "
+                        f"got {dtype!r}")
+    high = _need(item, "high", (str, int), src, where)
+    if isinstance(high, int) and high <= 0:
+        raise SpecError(f"{src}: field '{where}high' must be a dim name or a positive integer, got {high}")
+    sentinel = item.get("sentinel")
+    if sentinel is not None and (not isinstance(sentinel, int) or isinstance(sentinel, bool)):
+        raise SpecError(f"{src}: field '{where}sentinel' must be an integer, got {sentinel!r}")
+    return str(high), sentinel
 
 
 def _shape_list(shapes: dict, key: str, src: str) -> list[dict[str, int]]:

@@ -222,7 +222,7 @@ def test_merge_is_atomic_and_idempotent_and_clears_leftovers_of_an_interrupted_m
 
 
 def test_generate_asks_the_llm_with_the_composer_spec_and_retrieved_examples(env, tmp_path):
-    from kernelgen.agents.composer import compose
+    from kernelgen.frontends.composer import compose
     from kernelgen.spec import dump_spec
 
     comp = compose("silu and mul")
@@ -237,7 +237,9 @@ def test_generate_asks_the_llm_with_the_composer_spec_and_retrieved_examples(env
         prompts = srv.user_prompts()
     assert [c["id"] for c in out["candidates"]] == ["composer", "llm-1", "llm-2"]
     assert out["candidates"][1]["kernel"] == "# first\n" and not out["candidates"][1]["error"]
-    assert out["candidates"][2]["error"] == "the answer has no ```python block"  # verified as a static failure
+    # verified as a static failure, saying what the answer lacked
+    assert out["candidates"][2]["error"] == ("the answer has no ```python block with kernel.py defining "
+                                             f"{comp.spec.function}(...) (it has no fenced code block at all)")
     assert len(prompts) == 2
     assert f'function = "{comp.spec.function}"' in prompts[0]  # the spec it must satisfy
     assert "silu_and_mul/kernel.py" in prompts[0] and "@triton.jit" in prompts[0]  # the nearest library op
@@ -245,7 +247,7 @@ def test_generate_asks_the_llm_with_the_composer_spec_and_retrieved_examples(env
 
 
 def test_same_reference_tells_equal_ops_from_near_misses():
-    from kernelgen.agents.composer import compose
+    from kernelgen.frontends.composer import compose
     from kernelgen.library import get_op
 
     silu = get_op("silu_and_mul").spec
@@ -260,7 +262,7 @@ def test_same_reference_tells_equal_ops_from_near_misses():
 def test_retrieve_reuses_an_equivalent_op_of_the_target_library_only(env, tmp_path):
     import shutil
 
-    from kernelgen.agents.composer import compose
+    from kernelgen.frontends.composer import compose
     from kernelgen.library import builtin_library
     from kernelgen.spec import dump_spec
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from kernelgen.agents.composer import ComposeError, compose, vocabulary
+from kernelgen.frontends.composer import ComposeError, compose, vocabulary
 from kernelgen.library import load_kernel_module
 from kernelgen.verify.accuracy import check_accuracy
 

@@ -27,6 +27,7 @@ class RunState(TypedDict, total=False):
     name: str | None
     spec: str | None  # spec.toml text
     spec_origin: str | None  # "composer" | "llm"
+    spec_checks: dict[str, str]  # LLM spec hash -> the problem its reference showed on its inputs ("" = none)
     composition: dict[str, Any] | None
     compose_error: str
     hits: list[dict[str, Any]]

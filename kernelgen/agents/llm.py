@@ -9,7 +9,8 @@ Configuration comes from the environment, so a run can be resumed by another pro
 
 Retries are ours rather than the SDK's (its max_retries is 0): one loop with exponential backoff that
 retries connection errors, timeouts, 429 and 5xx, logs every attempt, and ends in one clear `LLMError`.
-Answers are read from fenced code blocks: ```python (kernel.py) and ```toml (spec.toml).
+Answers are read from fenced code blocks (kernelgen/agents/answers.py): ```python (kernel.py) and ```toml
+(spec.toml).
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kernelgen.agents.answers import code_blocks, parse_answer  # noqa: F401  (the client's answer readers)
 from kernelgen.errors import KernelgenError
 
 DEFAULT_MODEL = "gpt-4.1"
@@ -78,6 +81,9 @@ class LLMConfig:
 class LLMClient:
     config: LLMConfig = field(default_factory=LLMConfig.from_env)
     attempts: list[str] = field(default_factory=list)  # one line per HTTP attempt, for the run report
+    # told of every failed attempt as it happens ("HTTP 500: overloaded; retry 1 of 3 in 1.0 s"), so the
+    # progress output shows a slow server rather than a silent wait
+    notify: Callable[[str], None] | None = field(default=None, repr=False)
     _client: object = field(default=None, repr=False)
 
     def _sdk(self):
@@ -96,7 +102,11 @@ class LLMClient:
         last = ""
         for attempt in range(self.config.retries + 1):
             if attempt:
-                time.sleep(self.config.backoff * 2 ** (attempt - 1))
+                wait = self.config.backoff * 2 ** (attempt - 1)
+                if self.notify is not None:
+                    self.notify(f"LLM attempt {attempt} failed ({last}); retry {attempt} of "
+                                f"{self.config.retries} in {wait:g} s")
+                time.sleep(wait)
             try:
                 resp = self._sdk().chat.completions.create(
                     model=self.config.model, messages=messages, temperature=temperature)
@@ -144,27 +154,6 @@ def _connection_reason(exc: Exception) -> str:
     if "refused" in reason.lower():
         return "connection refused"
     return _short(f"cannot connect: {reason}")
-
-
-# ---- answers ---------------------------------------------------------------------------------------
-FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_.+-]*)[^\n]*\n(.*?)```", re.DOTALL)
-
-
-def code_blocks(text: str) -> list[tuple[str, str]]:
-    """(language, body) of every fenced block, in order."""
-    return [(lang.lower(), body) for lang, body in FENCE_RE.findall(text or "")]
-
-
-def parse_answer(text: str) -> dict[str, str | None]:
-    """{"kernel": kernel.py source or None, "spec": spec.toml text or None} from an LLM answer.
-
-    The kernel is the ```python block that defines a @triton.jit function (else the first python block);
-    the spec is the first ```toml block."""
-    blocks = code_blocks(text)
-    python = [b for lang, b in blocks if lang in ("python", "py", "python3")]
-    kernel = next((b for b in python if "triton.jit" in b), python[0] if python else None)
-    spec = next((b for lang, b in blocks if lang == "toml"), None)
-    return {"kernel": kernel, "spec": spec}
 
 
 # ---- prompt templates ------------------------------------------------------------------------------

@@ -36,11 +36,24 @@ def make_inputs(
         alloc = list(shape)
         if strided and len(shape) >= 2:
             alloc[-1] += ROW_PAD
-        t = _fill(inp.fill, alloc, dt, gen)
+        if inp.fill == "index":
+            t = _index_fill(inp, dims, alloc, dt, gen)
+        else:
+            t = _fill(inp.fill, alloc, dt, gen)
         if alloc != shape:
             t = t[..., : shape[-1]]
         args.append(t.to(device))
     return args
+
+
+def _index_fill(inp, dims: dict[str, int], shape: list[int], dt: torch.dtype, gen: torch.Generator) -> torch.Tensor:
+    """Indices in [0, high) (high: a dim, at least 1 so an empty dim still draws), and the sentinel, when
+    the spec gives one, in about a quarter of the elements (an ignore_index must be exercised)."""
+    high = max(1, int(inp.high) if inp.high.isdigit() else dims[inp.high])
+    t = torch.randint(0, high, shape, generator=gen, dtype=torch.int64)
+    if inp.sentinel is not None:
+        t[torch.rand(shape, generator=gen) < 0.25] = inp.sentinel
+    return t.to(dt)
 
 
 def _fill(fill: str, shape: list[int], dt: torch.dtype, gen: torch.Generator) -> torch.Tensor:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kernelgen.agents.fusion import (
+from kernelgen.codegen.graph import (
     BINARY,
     MASK_FILL_NEG_INF,
     REDUCTIONS,
@@ -23,7 +23,7 @@ from kernelgen.agents.fusion import (
     Node,
     Reduction,
 )
-from kernelgen.agents.lexicon import Item, tokenize
+from kernelgen.frontends.lexicon import Item, tokenize
 
 PRE_REDUCTION = ("residual", "bias", "add", "sub", "scale", "where", "causal")
 NEEDS_POSITIVE = ("log", "sqrt", "rsqrt")

@@ -12,11 +12,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from kernelgen.agents import lexicon
-from kernelgen.agents.codegen import kernel_source, reference_source
-from kernelgen.agents.fusion import FusionGraph, Input
-from kernelgen.agents.parse import ParseFailure, understand
+from kernelgen.codegen import kernel_source, reference_source
+from kernelgen.codegen.graph import FusionGraph, Input
 from kernelgen.errors import KernelgenError
+from kernelgen.frontends import lexicon
+from kernelgen.frontends.parse import ParseFailure, understand
 from kernelgen.spec import NAME_RE, OpSpec, dump_spec
 
 ELEM = {"int8": "1", "bool": "1", "bfloat16": "2", "float16": "2", "float32": "4", "input": "elem"}

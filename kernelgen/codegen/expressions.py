@@ -6,7 +6,7 @@ store. `tanh` has no `tl` function, so kernels that need it get a small `@triton
 
 from __future__ import annotations
 
-from kernelgen.agents.fusion import Node
+from kernelgen.codegen.graph import Node
 
 TORCH_DTYPE = {"bfloat16": "torch.bfloat16", "float16": "torch.float16", "float32": "torch.float32"}
 TL_DTYPE = {"bfloat16": "tl.bfloat16", "float16": "tl.float16", "float32": "tl.float32"}

@@ -1,0 +1,113 @@
+"""Stage `retrieve`: similar library ops (prompt examples and suggestions) and the reuse decision."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kernelgen.agents.state import _find_existing, _library, _load_spec_text, _opts, emit
+
+# Reuse rule: when the composer cannot parse the request, an existing op whose retrieval score is at least
+# this is taken to be what was asked for (the run reports it and generates nothing; --replace overrides).
+# 0.4 from the offline embedding: right ops scored 0.45-0.61 ("RoPE", "rotary embedding", "silu and mul",
+# "fused rmsnorm + residual"), the best wrong one 0.27 ("causal masked softmax" -> softmax).
+REUSE_SCORE = 0.4
+
+
+def retrieve(state: dict) -> dict:
+    """The k most similar library ops (prompt examples), and the reuse decision:
+    - the op's name (from --name or the composer) is already in the library: reuse it;
+    - a similar op of the target library has a reference that computes the same as the composed one;
+    - the composer could not parse the request and the top hit scores >= REUSE_SCORE: reuse that op.
+    --replace turns both off (the run generates, and `select` decides whether the new op is better)."""
+    opts, library = _opts(state), _library(state)
+    hits: list[dict[str, Any]] = []
+    notes: list[str] = []
+    try:
+        from kernelgen.retrieval.index import search
+
+        for h in search(state["request"], k=5, library=[str(library)]):
+            hits.append({"name": h.name, "score": round(float(h.score), 4), "path": str(h.path),
+                         "aten": list(h.aten or []), "description": h.description})
+    except Exception as exc:  # retrieval only improves prompts and reuse; a run goes on without it
+        notes.append(f"retrieval unavailable: {type(exc).__name__}: {exc}")
+        emit("retrieve", notes[-1], "yellow")
+    if hits:
+        emit("retrieve", "similar ops: " + ", ".join(f"{h['name']} ({h['score']:.2f})" for h in hits[:3]))
+    out: dict[str, Any] = {"hits": hits, "reuse": None, "messages": notes}
+    existing = _find_existing(state.get("name"), library)
+    out["existing"] = existing
+    if opts.get("replace"):
+        return out
+    same = _equivalent_hit(state, hits, library) if state.get("spec") and not existing else None
+    if existing and not existing["broken"]:
+        out["reuse"] = {"name": existing["name"], "path": existing["path"], "score": 1.0,
+                        "reason": f"an op named {existing['name']!r} is already in the library"}
+    elif same:
+        out["reuse"] = {"name": same["name"], "path": same["path"], "score": same["score"],
+                        "reason": f"the library op {same['name']!r} computes the same thing "
+                                  "(its reference gives the same outputs on random inputs)"}
+    elif state.get("spec") is None and hits and hits[0]["score"] >= REUSE_SCORE:
+        top = hits[0]
+        out["reuse"] = {"name": top["name"], "path": top["path"], "score": top["score"],
+                        "reason": f"the library op {top['name']!r} matches the request (score {top['score']:.2f})"}
+    if out["reuse"]:
+        emit("retrieve", f"reusing {out['reuse']['name']}: {out['reuse']['reason']}", "green")
+    return out
+
+
+EQUIVALENT_SCORE = 0.2  # hits below this are not worth running a reference for
+
+
+def _equivalent_hit(state: dict, hits: list[dict[str, Any]], library: Path) -> dict[str, Any] | None:
+    """The first hit in the target library whose reference computes what the composed spec's does."""
+    from kernelgen.library import load_op, ops_dir
+
+    target = ops_dir(library).resolve() if library.is_dir() else None
+    if target is None:
+        return None
+    composed = _load_spec_text(state["spec"])
+    for hit in hits:
+        # by name in the target library, not by the hit's path: the same op may also live in another root
+        folder = target / hit["name"]
+        if hit["score"] < EQUIVALENT_SCORE or not (folder / "spec.toml").is_file():
+            continue
+        op = load_op(folder)
+        if op.spec is not None and same_reference(composed, op.spec):
+            return dict(hit, path=str(folder))
+    return None
+
+
+def same_reference(a, b, seeds: tuple[int, ...] = (1, 2)) -> bool:
+    """Whether two specs describe the same op: the same argument kinds and ranks, and `b`'s reference gives
+    `a`'s outputs for `a`'s random inputs (float64, tight tolerance). A reference that fails means no."""
+    import torch
+
+    from kernelgen.verify.inputs import as_tuple, make_inputs, reference_function, upcast
+
+    if len(a.inputs) != len(b.inputs) or len(a.outputs) != len(b.outputs):
+        return False
+    for x, y in zip(a.inputs, b.inputs):
+        if x.kind != y.kind or (x.kind == "tensor" and (len(x.shape) != len(y.shape) or x.dtype != y.dtype)):
+            return False
+    try:
+        ref_a, ref_b = reference_function(a), reference_function(b)
+        for seed in seeds:
+            args = upcast(make_inputs(a, dict(a.test_shapes[0]), "float32", "cpu", seed))
+            got_a, got_b = as_tuple(ref_a(*args)), as_tuple(ref_b(*args))
+            if len(got_a) != len(got_b):
+                return False
+            for u, v in zip(got_a, got_b):
+                if not (isinstance(u, torch.Tensor) and isinstance(v, torch.Tensor)) or u.shape != v.shape:
+                    return False
+                if not torch.allclose(u.double(), v.double(), rtol=1e-9, atol=1e-9):
+                    return False
+    except Exception:
+        return False
+    return True
+
+
+def after_retrieve(state: dict) -> str:
+    return "report" if state.get("reuse") else "generate"
+
+
