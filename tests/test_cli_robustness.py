@@ -555,3 +555,20 @@ def test_runs_database_of_an_earlier_kernelgen_gains_the_new_columns(cache):
     conn.close()
     assert (row["status"], row["active_s"], row["result"]) == ("merged", 0.0, {"name": "softmax"})
     assert not list(cache.glob("runs.sqlite.unreadable-*"))
+
+
+def test_backends_on_a_machine_without_nvidia_driver_imports_no_torch():
+    from kernelgen.backends.cuda import _no_nvidia_driver
+
+    probe = ("import sys, json, io, contextlib\nfrom kernelgen.cli import main\nsys.argv = ['kernelgen', 'backends', "
+             "'--json']\nout = io.StringIO()\nwith contextlib.redirect_stdout(out):\n    try:\n        main()\n"
+             "    except SystemExit:\n        pass\nprint(json.dumps({'torch': 'torch' in sys.modules, "
+             "'rows': json.loads(out.getvalue())}))\n")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    doc = json.loads(proc.stdout.strip().splitlines()[-1])
+    rows = {r["name"]: r for r in doc["rows"]}
+    assert rows["interpreter"]["available"] is True
+    if _no_nvidia_driver():  # this machine: CUDA is known to be absent without asking torch
+        assert doc["torch"] is False and rows["cuda"]["available"] is False
+    else:  # a GPU machine: torch answers
+        assert doc["torch"] is True
