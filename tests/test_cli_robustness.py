@@ -259,6 +259,11 @@ def test_ctrl_c_says_how_to_resume_and_resume_does_not_count_the_pause(cache, tm
     assert res.exit_code == 0, res.output
     result = json.loads(res.stdout)
     assert result["status"] == "merged" and result["resumed"] is True
+    mask = os.umask(0o022)
+    os.umask(mask)
+    merged = Path(result["merged"])  # the umask's modes, not mkdtemp's private 0700
+    assert merged.stat().st_mode & 0o777 == 0o777 & ~mask
+    assert (merged / "verified" / "interpreter.json").stat().st_mode & 0o777 == 0o666 & ~mask
     # the run's time is the two drives', not the pause between them
     assert 0 < result["wall_s"] < outer - pause, (result["wall_s"], outer)
     # the state says the run was resumed (a stage that finds its own earlier work may say so)
