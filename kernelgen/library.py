@@ -294,11 +294,11 @@ def _shared_mode(path: Path, is_dir: bool) -> None:
 
 
 def _same_record(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
-    if old is None:
-        return False
-    strip = lambda rec: {k: v for k, v in rec.items() if k not in VOLATILE_RECORD_FIELDS}  # noqa: E731
-    # through JSON, so tuples and lists (and float reprs) compare as they would be stored
-    return json.loads(json.dumps(strip(old))) == json.loads(json.dumps(strip(new)))
+    def lasting(rec: dict[str, Any]) -> Any:
+        # through JSON, so tuples and lists (and float reprs) compare as they would be stored
+        return json.loads(json.dumps({k: v for k, v in rec.items() if k not in VOLATILE_RECORD_FIELDS}))
+
+    return old is not None and lasting(old) == lasting(new)
 
 
 def write_record(op_path: Path, backend: str, record: dict[str, Any]) -> Path:
