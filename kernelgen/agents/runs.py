@@ -171,5 +171,8 @@ def prune_runs(conn: sqlite3.Connection, keep: int = 0) -> list[str]:
         conn.commit()
         shutil.rmtree(run_workdir(run_id), ignore_errors=True)
     if doomed:
-        conn.execute("VACUUM")
+        try:
+            conn.execute("VACUUM")  # give the space back; not possible while another run writes: next time
+        except sqlite3.OperationalError:
+            pass
     return doomed
