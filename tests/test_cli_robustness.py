@@ -217,6 +217,13 @@ def test_leftover_scratch_folders_of_dead_processes_are_removed(tmp_path):
             (d / "op").mkdir(parents=True)
         assert clean_leftovers(tmp_path) == [gone]
         assert not gone.exists() and kept.is_dir() and mine.is_dir() and other.is_dir()
+        # the next command that verifies cleans the system temp dir the same way
+        import tempfile
+
+        leftover = Path(tempfile.gettempdir()) / f"kernelgen-verify-{dead.pid}-clitest"
+        (leftover / "op").mkdir(parents=True, exist_ok=True)
+        res = invoke("verify", str(HOSTILE / "identity"), "--backend", "interpreter", "--trials", "1", "--no-write")
+        assert res.exit_code == 1 and not leftover.exists()
     finally:
         alive.kill()
         alive.wait()
