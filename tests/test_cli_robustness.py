@@ -584,3 +584,13 @@ def test_backends_on_a_machine_without_nvidia_driver_imports_no_torch():
         assert doc["torch"] is False and rows["cuda"]["available"] is False
     else:  # a GPU machine: torch answers
         assert doc["torch"] is True
+
+
+def test_sigterm_leaves_the_run_resumable_like_ctrl_c(cache, tmp_path):
+    proc, run_id = _start_new(tmp_path / "lib")
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stdout.read()
+    proc.wait(timeout=60)
+    assert proc.returncode == 130 and f"interrupted; resume with: kernelgen resume {run_id}" in rest
+    row = next(r for r in json.loads(invoke("runs", "--json").stdout) if r["run_id"] == run_id)
+    assert row["status"] == "interrupted" and not row["killed"] and row["active_s"] > 0
