@@ -6,6 +6,9 @@
     python benchmarks/bench_model.py --tiny --device cpu --out /tmp/bm   # the same code path on the CPU
                                                                     # (tiny config, Triton's interpreter)
 
+kernelgen.patch(), Liger-Kernel and FlagGems on the same models (and decode in a CUDA graph) are compared by
+benchmarks/bench_model_modes.py (part `models` of benchmarks/bench_launch_models.py).
+
 The model is transformers' LlamaForCausalLM built from a config (hidden 4096, 8 layers, 32 heads, 8 KV heads,
 intermediate 14336, vocab 32000) with random bf16 weights; nothing is downloaded. Two phases:
 

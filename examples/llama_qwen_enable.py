@@ -16,7 +16,8 @@ What a transformers forward reaches (transformers 5.x; see README "Using kernelg
 - softmax (`aten::_softmax`): only with `attn_implementation="eager"`, whose attention calls
   `F.softmax(scores, dim=-1, dtype=float32)`. The default SDPA attention is one fused ATen op with no softmax
   call of its own, so nothing of ours runs there. We ask for eager attention below for that reason.
-- log_softmax (`aten::_log_softmax`): when `labels=` is passed, through the causal-LM loss (`F.cross_entropy`).
+- cross_entropy (`aten::cross_entropy_loss`): when `labels=` is passed, the causal-LM loss (`F.cross_entropy`,
+  mean over class indices) is served whole by the fused op, so its log_softmax never runs.
 - rms_norm (`aten::rms_norm`): not with the models as shipped. LlamaRMSNorm and Qwen2RMSNorm compute the norm
   by hand (`pow`, `mean`, `rsqrt`, `mul`), so no `aten::rms_norm` call happens and kernelgen cannot see it.
   A model author who wants the library kernel can use `torch.nn.RMSNorm` (it calls `F.rms_norm`): the
@@ -74,7 +75,7 @@ def with_torch_rms_norm(model):
 
 
 def forward(model, ids):
-    """Logits and loss (labels = the inputs, so the loss's log_softmax runs too), without autograd: our
+    """Logits and loss (labels = the inputs, so the loss runs too), without autograd: our
     kernels are forward-only and a call that needs gradients goes to ATen."""
     with torch.inference_mode():
         out = model(input_ids=ids, labels=ids)

@@ -66,26 +66,65 @@ def status() -> dict:
     return aten.enabled()
 
 
+class _Resolved:
+    """op name -> the callable behind kernelgen.ops.NAME, as attributes. (Not a dict: Dynamo snapshots a dict
+    it has read once, and would not see an op resolved later in the same compiled function.)"""
+
+
+_resolved = _Resolved()
+
+
+def _resolve_op(name: str) -> None:
+    """Find the op, import its kernel and register its custom op into `_resolved` (AttributeError when there
+    is no such op). Returns nothing: under torch.compile Dynamo runs it eagerly as a constant function."""
+    if name in vars(_resolved):
+        return
+    from kernelgen.backends import default_backend, get_backend
+    from kernelgen.custom_ops import compile_aware, register
+    from kernelgen.errors import OpNotFound
+    from kernelgen.library import get_op
+
+    try:
+        op = get_op(name)
+    except OpNotFound as exc:
+        raise AttributeError(str(exc)) from None
+    if op.broken:
+        raise AttributeError(f"op {name!r} is broken: {op.error}")
+    backend = default_backend() or get_backend("interpreter")
+    backend.prepare()
+    launcher = op.launcher(backend.name)  # that backend's variant and tuning, if the op has them
+    setattr(_resolved, name, compile_aware(launcher, register(op.spec, launcher)))
+
+
+# Resolving an op reads the library from disk, which Dynamo cannot trace. Marked as a constant function
+# (what torch._dynamo.assume_constant_result does, without importing Dynamo here), Dynamo calls it eagerly
+# when the first access to an op happens inside a compiled function, and traces on.
+_resolve_op._dynamo_marked_constant = True
+
+
 class _Ops:
-    """`kernelgen.ops.NAME(...)`: the launcher of a library op, for the accelerator present
-    (the interpreter backend when there is none)."""
+    """`kernelgen.ops.NAME(...)`: the launcher of a library op, for the accelerator present (the interpreter
+    backend when there is none).
+
+    The first access resolves the op (library search, kernel import, custom-op registration) and stores the
+    result on this object, so every later `kernelgen.ops.NAME` is a plain attribute read: writing the
+    lookup out on every call costs the same as keeping the launcher in a variable. `kernelgen.ops.reload()`
+    forgets what was resolved (after adding or editing an op in the same process). In eager the launcher
+    runs directly; under torch.compile the same call is the custom op `torch.ops.kernelgen.NAME`
+    (`kernelgen.custom_ops`), so `fullgraph=True` traces through it."""
 
     def __getattr__(self, name: str):
         if name.startswith("_"):
             raise AttributeError(name)
-        from kernelgen.backends import default_backend
-        from kernelgen.errors import OpNotFound
-        from kernelgen.library import get_op
+        _resolve_op(name)
+        fn = getattr(_resolved, name)
+        self.__dict__[name] = fn  # later reads find it without __getattr__
+        return fn
 
-        try:
-            op = get_op(name)
-        except OpNotFound as exc:
-            raise AttributeError(str(exc)) from None
-        from kernelgen.backends import get_backend
-
-        backend = default_backend() or get_backend("interpreter")
-        backend.prepare()
-        return op.launcher(backend.name)  # that backend's variant and tuning, if the op has them
+    def reload(self) -> None:
+        """Forget resolved ops: the next access searches the library again."""
+        self.__dict__.clear()
+        vars(_resolved).clear()
 
     def __dir__(self):
         from kernelgen.library import discover
@@ -95,4 +134,20 @@ class _Ops:
 
 ops = _Ops()
 
-__all__ = ["enable", "disable", "use", "status", "ops", "__version__"]
+
+def patch(model, backend=None, policy="verified", include=None, exclude=None):
+    """Swap a Hugging Face model's norms, residual+norm, gated MLP, RoPE and causal-LM loss for library ops
+    verified on the backend (see `kernelgen.patch_models`). Returns what was patched; `unpatch` undoes it."""
+    from kernelgen.patch_models import patch as _patch
+
+    return _patch(model, backend=backend, policy=policy, include=include, exclude=exclude)
+
+
+def unpatch(model) -> None:
+    """Restore every module `patch` changed in this model exactly as it was."""
+    from kernelgen.patch_models import unpatch as _unpatch
+
+    _unpatch(model)
+
+
+__all__ = ["enable", "disable", "use", "status", "ops", "patch", "unpatch", "__version__"]

@@ -168,6 +168,14 @@ def new_op(
         "candidates": candidates, "rounds": rounds, "dry_run": dry_run, "replace": replace, "trials": trials,
         "timeout": timeout, "perf": True, "with_compile": True,
     }
+    if name is not None:  # a chosen name another library already resolves would shadow (or be shadowed)
+        from kernelgen.library import holders, library_of
+
+        target = Path(options["library"])
+        elsewhere = [p for p in holders(name, target) if library_of(p).resolve() != target]
+        if elsewhere:
+            fail(f"--name {name!r} is taken by an op in {library_of(elsewhere[0])} (kernelgen.ops.{name} "
+                 "resolves to it); choose another name")
     try:
         llm_state = llm_settings(use_llm)
         cache_dir()  # a cache path that is a file: one line now, not after the run has started

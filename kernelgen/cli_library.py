@@ -58,13 +58,18 @@ def list_ops(
     existing_libraries(library)
     from kernelgen.aten import policy_allows
     from kernelgen.backends import get_backend
-    from kernelgen.library import discover, op_status
+    from kernelgen.library import builtin_library, discover, library_of, op_status, shadowed
 
     backends = {b: get_backend(b) for b in names}
+    hidden = shadowed(library)
+    builtin = builtin_library().resolve()
     rows = []
     for op in discover(library):
+        root = library_of(op.path).resolve()
         row = {
             "name": op.name,
+            "library": "built-in" if root == builtin else str(root),  # where kernelgen.ops.<name> comes from
+            "shadows": [str(p) for p in hidden.get(op.name, [])],  # same-named ops it hides (hand-made libraries)
             "path": str(op.path),
             "aten": [a.overload for a in op.spec.aten] if op.spec else [],
             "broken": op.broken,
@@ -80,17 +85,19 @@ def list_ops(
         emit_json(rows)
         return
     if fmt == "tsv":
-        tsv(["op", "overrides", *names, "reason", "path"],
-            ([r["name"], ",".join(r["aten"]),
+        tsv(["op", "library", "hides", "overrides", *names, "reason", "path"],
+            ([r["name"], r["library"], len(r["shadows"]), ",".join(r["aten"]),
               *[("broken" if r["broken"] else _status_text(r["backends"][b])) for b in names],
               r["reason"], r["path"]] for r in rows))
         return
-    t = table(f"kernelgen library ({len(rows)} ops)", ["op", "overrides", *names], keep=["op", "overrides"],
-              flex=names)
+    t = table(f"kernelgen library ({len(rows)} ops)", ["op", "library", "overrides", *names],
+              keep=["op", "overrides"], flex=names)
     for row in rows:
+        lib = styled(row["library"]) + (Text(f" (hides {len(row['shadows'])})", style="yellow")
+                                        if row["shadows"] else Text(""))
         if row["broken"]:
             broken = Text("broken", style="bold red") + Text(f": {row['reason']}")
-            t.add_row(styled(row["name"], "bold"), "", broken, *[""] * (len(names) - 1))
+            t.add_row(styled(row["name"], "bold"), lib, "", broken, *[""] * (len(names) - 1))
             continue
         cells = []
         for b in names:
@@ -100,7 +107,7 @@ def list_ops(
             for w in words[1:]:
                 cell += Text(" " + w, style={"on": "green", "by_size": "yellow"}.get(w, ""))
             cells.append(cell)
-        t.add_row(styled(row["name"], "bold"), "\n".join(row["aten"]) or "-", *cells)
+        t.add_row(styled(row["name"], "bold"), lib, "\n".join(row["aten"]) or "-", *cells)
     print_table(t)
     console.print("[green]on[/]: switched on by kernelgen.enable(); [yellow]by_size[/]: by "
                   "kernelgen.enable(by_size=True), for large inputs only", highlight=False, soft_wrap=True)

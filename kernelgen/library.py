@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kernelgen.errors import OpNotFound, SpecError
+from kernelgen.errors import KernelgenError, OpNotFound, SpecError
 from kernelgen.spec import OpSpec, load_spec, save_spec
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -181,7 +181,8 @@ def with_launch_params(launcher, launch: dict[str, Any]):
 
 def load_kernel_module(path: Path, name: str) -> types.ModuleType:
     """Import a kernel file as its own module. Whether its @triton.jit kernels compile or run in Triton's
-    interpreter is decided process-wide by TRITON_INTERPRET (see `Backend.prepare`)."""
+    interpreter is decided process-wide by TRITON_INTERPRET (see `Backend.prepare`); compiled ones get the
+    cached launch path of `kernelgen.launch`."""
     mod_name = f"kernelgen_ops.{name}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
     spec = importlib.util.spec_from_file_location(mod_name, path)
     if spec is None or spec.loader is None:
@@ -193,6 +194,9 @@ def load_kernel_module(path: Path, name: str) -> types.ModuleType:
     except Exception:
         sys.modules.pop(mod_name, None)
         raise
+    from kernelgen.launch import accelerate
+
+    accelerate(module)  # compiled kernels launch from a per-specialization cache (kernelgen/launch.py)
     return module
 
 
@@ -388,3 +392,57 @@ def merge_leftovers(parent: Path, name: str) -> list[Path]:
         if m and p.is_dir() and not (m.group(1) and pid_alive(int(m.group(1)))):
             found.append(p)
     return sorted(found)
+
+
+# ---- names: no op shadows another -------------------------------------------------------------------
+class NameTaken(KernelgenError, ValueError):
+    """The user chose an op name that another library already resolves."""
+
+
+def library_of(op_path: Path) -> Path:
+    """The library root an op folder belongs to (`<root>/ops/<name>` or `<root>/<name>`)."""
+    parent = op_path.parent
+    return parent.parent if parent.name == "ops" else parent
+
+
+def holders(name: str, library: Path | None = None) -> list[Path]:
+    """Every op folder named `name` that `kernelgen.ops` could resolve to with `library` among the roots
+    (the target library, KERNELGEN_LIBRARY, the built-in library), in resolution order."""
+    found = []
+    for root in library_roots([library] if library is not None else None):
+        p = ops_dir(root) / name
+        if p.is_dir() and (p / "spec.toml").is_file():
+            found.append(p)
+    return found
+
+
+def free_name(name: str, library: Path, replace: bool = False, fixed: bool = False) -> tuple[str, str]:
+    """The name to merge an op under so that `kernelgen.ops.<name>` stays unambiguous: `name` when no
+    library resolves it (or only the target library does and `replace` is on), else `name_2`, `name_3`, ...
+    with a note saying why. With `fixed` (the user chose the name) a taken name is an error instead."""
+    target = ops_dir(library).resolve() if library.is_dir() else None
+    taken = [p for p in holders(name, library)
+             if not (replace and target is not None and p.resolve().parent == target)]
+    if not taken:
+        return name, ""
+    where = ", ".join(str(library_of(p)) for p in taken)
+    if fixed:
+        raise NameTaken(f"the name {name!r} is taken by an op in {where} (kernelgen.ops.{name} resolves to it); "
+                         "choose another --name" + ("" if replace else " or pass --replace to replace it"))
+    k = 2
+    while holders(f"{name}_{k}", library):
+        k += 1
+    return f"{name}_{k}", f"the name {name!r} is taken by an op in {where}, so the new op is {name}_{k}"
+
+
+def shadowed(extra_roots: list[str | Path] | None = None) -> dict[str, list[Path]]:
+    """Op name -> the folders hidden behind the one `kernelgen.ops` resolves to (an op of the same name in
+    an earlier root). Merges never create these; hand-made libraries may."""
+    seen: dict[str, list[Path]] = {}
+    for root in library_roots(extra_roots):
+        folder = ops_dir(root)
+        if folder.is_dir():
+            for p in sorted(folder.iterdir()):
+                if p.is_dir() and not p.name.startswith((".", "_")) and (p / "spec.toml").is_file():
+                    seen.setdefault(p.name, []).append(p)
+    return {n: paths[1:] for n, paths in seen.items() if len(paths) > 1}

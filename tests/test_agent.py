@@ -209,13 +209,16 @@ def test_merge_is_atomic_and_idempotent_and_clears_leftovers_of_an_interrupted_m
     (lib / "ops" / ".tmp-rms_norm-abc").mkdir(parents=True)  # what a merge killed midway leaves
     (lib / "ops" / ".tmp-rms_norm-abc" / "kernel.py").write_text("partial")
     first = nodes.merge(state)
-    assert sorted(p.name for p in (lib / "ops").iterdir()) == ["rms_norm"]
-    op = load_op(lib / "ops" / "rms_norm")
-    assert op_status(op, "interpreter")["status"] == "verified"
-    mtime = (lib / "ops" / "rms_norm" / "kernel.py").stat().st_mtime_ns
-    # resume re-runs merge after it had finished: recognised, nothing rewritten
-    assert nodes.merge(state)["merged"] == first["merged"]
-    assert (lib / "ops" / "rms_norm" / "kernel.py").stat().st_mtime_ns == mtime
+    # the built-in library resolves rms_norm already: the op is merged under the next free name, with a note
+    assert first["name"] == "rms_norm_2" and "taken" in first["messages"][0]
+    assert sorted(p.name for p in (lib / "ops").iterdir()) == ["rms_norm_2"]
+    op = load_op(lib / "ops" / "rms_norm_2")
+    assert op.spec.function == "rms_norm" and op_status(op, "interpreter")["status"] == "verified"
+    mtime = (lib / "ops" / "rms_norm_2" / "kernel.py").stat().st_mtime_ns
+    # resume re-runs merge after it had finished: recognised under its suffixed name, nothing rewritten
+    again = nodes.merge(state)
+    assert again["merged"] == first["merged"] and again["name"] == "rms_norm_2"
+    assert (lib / "ops" / "rms_norm_2" / "kernel.py").stat().st_mtime_ns == mtime
     # dry run writes nothing
     dry = dict(state, options=dict(state["options"], library=str(tmp_path / "other"), dry_run=True))
     assert nodes.merge(dry)["merged"] is None and not (tmp_path / "other").exists()
@@ -286,3 +289,28 @@ def test_bad_llm_settings_are_named(env):
     env.setenv("KERNELGEN_LLM_RETRIES", "lots")
     with pytest.raises(KernelgenError, match="KERNELGEN_LLM_RETRIES must be a non-negative int, got 'lots'"):
         llm_mod.LLMConfig.from_env()
+
+
+def test_retrieve_never_reuses_by_name_or_score_alone(env, tmp_path):
+    """An op of the run's name that computes something else is not reused (the merge gives the new op another
+    name); with no request reference nothing is reused, whatever the search score."""
+    import shutil
+
+    from kernelgen.frontends.composer import compose
+    from kernelgen.library import builtin_library
+    from kernelgen.spec import dump_spec
+
+    lib = tmp_path / "lib"
+    shutil.copytree(builtin_library() / "ops" / "gelu_and_mul", lib / "ops" / "gelu_and_mul")  # exact GELU
+    tanh = compose("gelu and mul (tanh approximation)", name="gelu_and_mul")
+    state = {"request": "gelu and mul (tanh approximation)", "name": "gelu_and_mul", "spec": dump_spec(tanh.spec),
+             "options": {"library": str(lib)}}
+    out = nodes.retrieve(state)
+    assert out["existing"]["name"] == "gelu_and_mul" and out["reuse"] is None
+    exact = compose("gelu and mul", name="gelu_and_mul")
+    same = nodes.retrieve(dict(state, spec=dump_spec(exact.spec)))["reuse"]
+    assert same["name"] == "gelu_and_mul" and "computes the same thing" in same["reason"]
+    # no spec (the request was not understood): a perfect name match is still not proof
+    none = nodes.retrieve({"request": "gelu and mul", "name": "gelu_and_mul", "spec": None,
+                           "options": {"library": str(lib)}})
+    assert none["reuse"] is None and any("nothing is reused" in m for m in none["messages"])

@@ -89,6 +89,7 @@ def test_list_says_which_ops_enable_switches_on_and_why_not(tmp_path, monkeypatc
     assert (slow_small["verified"], slow_small["by_size"]) == (False, True)
     assert "slower than eager" in slow_small["why_not"]
     assert not rows["always_faster"]["interpreter"]["enable"]["verified"]  # no record there, no speed figures
+    # columns: op, library, overrides, cuda
     table = runner.invoke(app, ["list", "--backend", "cuda"], env={"COLUMNS": "200"}).stdout.splitlines()
-    assert next(line for line in table if "always_faster" in line).split("│")[3].split()[-1] == "on"
-    assert next(line for line in table if "faster_when_large" in line).split("│")[3].split()[-1] == "by_size"
+    assert next(line for line in table if "always_faster" in line).split("│")[4].split()[-1] == "on"
+    assert next(line for line in table if "faster_when_large" in line).split("│")[4].split()[-1] == "by_size"

@@ -196,9 +196,9 @@ def test_new_table_folds_long_messages_instead_of_cutting_them():
 def test_list_tsv_has_one_row_per_op():
     res = invoke("list", "--backend", "interpreter", "--format", "tsv")
     rows = [line.split("\t") for line in res.stdout.splitlines()]
-    assert rows[0] == ["op", "overrides", "interpreter", "reason", "path"]
+    assert rows[0] == ["op", "library", "hides", "overrides", "interpreter", "reason", "path"]
     by_name = {r[0]: r for r in rows[1:]}
-    assert by_name["rms_norm"][1] == "aten::rms_norm" and Path(by_name["rms_norm"][4]).is_dir()
+    assert by_name["rms_norm"][1:4] == ["built-in", "0", "aten::rms_norm"] and Path(by_name["rms_norm"][6]).is_dir()
 
 
 # ---- 4. interrupted and killed runs ---------------------------------------------------------------------

@@ -31,9 +31,10 @@ _spec.loader.exec_module(example)
 TOL = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (1.6e-2, 1.6e-2)}
 LAYERS = example.TINY["num_hidden_layers"]
 # kernel launched -> (op counter, launches per forward): two norms per decoder layer plus the final one, one
-# attention softmax per layer (eager attention), one log_softmax for the loss over all positions.
+# attention softmax per layer (eager attention), and the loss over all positions: F.cross_entropy is served
+# whole by the cross_entropy op (row losses, then their mean), so its log_softmax never runs.
 EXPECTED = {"_rms_norm_row": ("rms_norm", 2 * LAYERS + 1), "_softmax_row": ("softmax", LAYERS),
-            "_log_softmax_row": ("log_softmax", 1)}
+            "_cross_entropy_rows": ("cross_entropy", 1), "_mean_of_valid": ("cross_entropy", 1)}
 
 
 def _ids(model, seed, batch=2, seq=8):
@@ -50,14 +51,14 @@ def test_every_covered_op_is_served_and_logits_match_eager(family, dtype, rng_se
     ref_logits, ref_loss = example.forward(model, ids)  # the unmodified model, eager
 
     enabled = kernelgen.enable(backend="interpreter", policy="all")
-    assert {"rms_norm", "softmax", "log_softmax"} <= set(enabled)
+    assert {"rms_norm", "softmax", "cross_entropy"} <= set(enabled)
     with count_launches() as launches:
         logits, loss = example.forward(routed, ids)
     st = kernelgen.status()["interpreter"]
 
     for kernel, (op, n) in EXPECTED.items():
         assert launches.launches[kernel] == n, (kernel, dict(launches.launches))
-        assert st["calls"].get(op) == n, (op, st)
+        assert st["calls"].get(op) == n, (op, st)  # one call of cross_entropy makes its two launches
     assert launches.total_launches == sum(n for _, n in EXPECTED.values())
     assert not st["fallbacks"], st  # every call of a covered op was ours, none handed back to ATen
     atol, rtol = TOL[dtype]
@@ -67,7 +68,7 @@ def test_every_covered_op_is_served_and_logits_match_eager(family, dtype, rng_se
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_model_as_shipped_reaches_softmax_and_log_softmax_but_not_rms_norm(family, rng_seed, interpreter):
+def test_model_as_shipped_reaches_softmax_and_the_loss_but_not_rms_norm(family, rng_seed, interpreter):
     # LlamaRMSNorm / Qwen2RMSNorm compute the norm with pow/mean/rsqrt: no aten::rms_norm call to serve.
     model = example.build(family, seed=rng_seed)
     ids = _ids(model, rng_seed + 1)
@@ -75,7 +76,7 @@ def test_model_as_shipped_reaches_softmax_and_log_softmax_but_not_rms_norm(famil
     kernelgen.enable(backend="interpreter", policy="all")
     with count_launches() as launches:
         logits, _ = example.forward(model, ids)
-    assert dict(launches.launches) == {"_softmax_row": LAYERS, "_log_softmax_row": 1}
+    assert dict(launches.launches) == {"_softmax_row": LAYERS, "_cross_entropy_rows": 1, "_mean_of_valid": 1}
     assert "rms_norm" not in kernelgen.status()["interpreter"]["calls"]
     torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
 

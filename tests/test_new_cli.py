@@ -319,14 +319,16 @@ def test_main_job_fused_rmsnorm_residual_with_no_api_key(env, tmp_path):
     assert (lib / "ops" / name / "kernel.py").stat().st_mtime_ns == before and op_folders(lib) == [name]
 
 
-# ---- reuse by retrieval (request 15) ----------------------------------------------------------------
-def test_rotary_embedding_request_reuses_the_library_op(env, tmp_path):
+# ---- no reuse on a search score alone (request 15) ---------------------------------------------------
+def test_rotary_embedding_request_is_not_reused_on_search_score_only_suggested(env, tmp_path):
+    """The composer cannot read "rotary embedding", so there is no reference to prove an op computes it:
+    nothing is reused (a search score is not proof), the top hits are shown as suggestions."""
     lib = tmp_path / "lib"
     code, res, err = cli("new", "rotary embedding", "--library", str(lib))
-    assert code == 0, err
-    assert res["status"] == "reused" and res["name"] == "rotary_embedding"
-    assert res["reuse"]["score"] >= 0.4 and res["reuse"]["path"].endswith("ops/rotary_embedding")
-    assert res["compose_error"] and res["candidates"] == []
+    assert code == 2 and "cannot understand the request" in err
+    assert res["status"] == "not-understood" and res["reuse"] is None and res["candidates"] == []
+    assert res["hits"][0]["name"] == "rotary_embedding"
+    assert any("nothing is reused" in m and "rotary_embedding" in m for m in res["messages"])
     assert not lib.exists()  # nothing generated, nothing written
 
 

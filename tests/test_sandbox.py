@@ -1,81 +1,102 @@
-"""The hostile battery: every candidate under tests/hostile/ is verified in one `verify_many` call that
-goes on past each failure, and each is rejected by the check that should catch it."""
+"""The hostile battery: every candidate folder under tests/hostile/ is verified in one `verify_many` call, from a
+scratch HOME, working directory and TMPDIR. Each must get a verdict, be rejected by the check its expect.toml names
+(the correct ones pass), and leave nothing behind: no marker file, no marker process, no `verified/` record."""
 
+import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+from battery import (
+    BATTERY_TIMEOUT,
+    CHECKS,
+    HOSTILE,
+    MARKER,
+    TIMEOUT,
+    clear_traces,
+    expectations,
+    make_scratch,
+    verified_folders,
+)
 
 from kernelgen.verify.sandbox import _signal_name, is_library_op, verify_many
 
-HOSTILE = Path(__file__).resolve().parent / "hostile"
-
-# case -> (check that must reject it, words its message must contain); "" = must pass
-# The hang goes first so it waits out its timeout beside the rest of the battery, not after it. The timeout
-# is wall time and includes importing torch, so it leaves room for a loaded 2-core test machine.
-TIMEOUT = 45
-EXPECTED = {
-    "infinite_loop": ("sandbox", f"timed out after {TIMEOUT}s"),
-    "correct": ("", ""),
-    "import_os": ("static", "line 3: `import os`"),
-    "open_file": ("static", "`secret = open('/etc/passwd').read()`"),
-    "socket_connect": ("static", "import of 'socket'"),
-    "dunder_import": ("static", "'__import__'"),
-    "exec_string": ("static", "'exec'"),
-    "abort_lambda_default": ("static", "lambda f=torch.os.abort"),
-    "segfault": ("sandbox", "SIGSEGV"),
-    "torch_reference": ("anticheat", "aten::sigmoid"),
-    "cache_first_output": ("anticheat", "same output for two different inputs"),
-    "identity": ("anticheat", "launched no Triton kernel"),
-    "half_output": ("accuracy", "are NaN"),
-    "pow2_only": ("accuracy", "non-power-of-two"),
-    "contiguous_only": ("accuracy", "strided rows"),
-}
+EXPECTED = expectations()
+# The whole battery runs in the module fixture, charged to the first test that uses it: minutes on 2 cores.
+pytestmark = pytest.mark.timeout(BATTERY_TIMEOUT)
+# The attacks and bug classes of the issue that the battery must hold, each in a folder of its own.
+REQUIRED_CASES = (
+    "stack_gi_frame", "stack_f_globals_compare", "stack_f_builtins_verdict", "traceback_frame", "getattr_os_system",
+    "setsid_child", "kill_parent", "torch_library_impl", "python_dispatch_off", "python_dispatch_detect",
+    "grid_compute", "numpy_host", "reference_load_time", "alias_input", "input_overwritten", "weight_decay",
+    "output_buffer_reused", "bf16_output", "half_square_overflow", "dropped_eps", "only_2d", "ignores_col_stride",
+    "broken_default_path", "adapter_drops_weight", "autotune_after_n_calls", "wrong_one_in_500",
+    "spec_wide_tolerance", "spec_reference_disagrees_aten", "spec_dtypes_narrow", "spec_row_dim_missing",
+    "correct", "correct_rms_norm_nd", "correct_two_outputs", "correct_logsumexp_bf16",
+)
 
 
 def test_battery_is_complete():
-    assert {p.name for p in HOSTILE.iterdir() if p.is_dir()} == set(EXPECTED)
+    assert len(EXPECTED) >= 45
+    assert set(REQUIRED_CASES) <= set(EXPECTED), sorted(set(REQUIRED_CASES) - set(EXPECTED))
+    held = {e.check for e in EXPECTED.values()}
+    assert set(CHECKS) - {"performance"} <= held, sorted(set(CHECKS) - held)
+    for case in EXPECTED:
+        assert {"kernel.py", "spec.toml", "expect.toml"} <= {p.name for p in (HOSTILE / case).iterdir()}, case
+        assert EXPECTED[case].why.strip(), case
 
 
 @pytest.fixture(scope="module")
 def battery(tmp_path_factory):
-    # The correct candidate runs from a library-like folder (<root>/ops/correct) so its record is written;
-    # the hostile ones stay where they are, outside any library, so nothing is written next to them.
-    lib = tmp_path_factory.mktemp("lib") / "ops"
-    shutil.copytree(HOSTILE / "correct", lib / "correct")
-    folders = [lib / "correct" if name == "correct" else HOSTILE / name for name in EXPECTED]
+    # The correct candidate runs from a library-like folder (<root>/ops/correct) so its record is written; the
+    # others run from the scratch copy of the battery, outside any library, so nothing may be written next to them.
+    clear_traces()  # what an earlier, interrupted run may have left
+    scratch = make_scratch(tmp_path_factory.mktemp("battery"))
+    lib = scratch.root / "lib" / "ops"
+    shutil.copytree(HOSTILE / "correct", lib / "correct", ignore=shutil.ignore_patterns("__pycache__"))
+    folders = [lib / "correct" if case == "correct" else scratch.battery / case for case in EXPECTED]
     done = []
-    verdicts = verify_many(folders, "interpreter", jobs=2, timeout=TIMEOUT, write=True, on_done=done.append)
-    return dict(zip(EXPECTED, verdicts)), done, lib
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in scratch.env().items():
+            mp.setenv(key, value)
+        mp.setattr(tempfile, "tempdir", str(scratch.tmp))
+        mp.chdir(scratch.work)
+        verdicts = verify_many(folders, "interpreter", jobs=2, timeout=TIMEOUT, write=True, on_done=done.append)
+    traces = clear_traces(scratch)  # look, then clean up: (marker files, marker processes) found
+    return dict(zip(EXPECTED, verdicts)), done, lib, scratch, traces
 
 
 @pytest.mark.parametrize("case", list(EXPECTED))
 def test_hostile_candidate_is_rejected_by_the_right_check(battery, case):
-    verdicts, _, _ = battery
-    v = verdicts[case]
-    check, words = EXPECTED[case]
+    verdicts, _, _, _, _ = battery
+    v, want = verdicts[case], EXPECTED[case]
     assert v.op == case
-    assert v.check == check, f"{case}: {v.check}: {v.message}"
-    assert v.passed is (check == "")
-    assert words in v.message, v.message
+    assert v.check == want.check, f"{case} ({want.why}): {v.check or 'passed'}: {v.message}"
+    assert v.passed is want.passes
+    assert want.words in v.message, v.message
     assert len(v.message) < 2100  # short enough to hand to an LLM
 
 
 def test_run_goes_on_past_every_failure(battery):
-    verdicts, done, _ = battery
+    verdicts, done, _, _, _ = battery
     assert sorted(v.op for v in done) == sorted(EXPECTED)  # every candidate reported, in whatever order
     assert list(verdicts) == [v.op for v in verdicts.values()]  # results in the order asked
 
 
-def test_record_is_written_only_for_library_ops_and_has_no_speed_figure(battery):
-    import json
+def test_nothing_outlives_the_run_or_escapes_the_scratch_dir(battery):
+    _, _, _, scratch, (files, processes) = battery
+    assert not processes, f"processes left by candidates: {processes}"
+    assert not files, f"marker files written outside the worker's scratch dir: {files}"
+    assert not verified_folders(scratch), "a verified/ record was written into the battery"
 
-    verdicts, _, lib = battery
+
+def test_record_is_written_only_for_library_ops_and_has_no_speed_figure(battery):
+    verdicts, _, lib, _, _ = battery
     rec = json.loads((lib / "correct" / "verified" / "interpreter.json").read_text())
     assert rec["passed"] is True and rec["source_hash"] == verdicts["correct"].source_hash
     assert not {"performance", "speedup_vs_eager", "speedup_vs_compile", "min_speedup_vs_eager"} & set(rec)
     assert rec["accuracy"] and all(row["passed"] for row in rec["accuracy"])
-    assert not any((HOSTILE / name / "verified").exists() for name in EXPECTED)
 
 
 def test_crash_verdict_names_the_signal():
@@ -88,3 +109,30 @@ def test_crash_verdict_names_the_signal():
 def test_library_op_folders_are_recognised(tmp_path):
     assert is_library_op(tmp_path / "ops" / "x")
     assert not is_library_op(HOSTILE / "correct")
+
+
+def test_trace_checks_see_what_an_escaped_candidate_leaves(tmp_path):
+    """The checks above can fail: a marker process started with the run's scratch HOME and marker files in the
+    battery copy and in /tmp are found (and ended, removed); a marker process of another HOME is not this run's."""
+    import os
+    import time
+
+    scratch = make_scratch(tmp_path / "run")
+    quiet = [(os.POSIX_SPAWN_OPEN, fd, "/dev/null", os.O_RDWR, 0) for fd in (0, 1, 2)]
+    ours = os.posix_spawn("/bin/sleep", [f"{MARKER}_selftest", "60"], {**os.environ, "HOME": str(scratch.home)},
+                          file_actions=quiet, setsid=True)
+    other = os.posix_spawn("/bin/sleep", [f"{MARKER}_elsewhere", "60"], {**os.environ, "HOME": str(tmp_path)},
+                           file_actions=quiet)
+    try:
+        planted = [scratch.battery / "correct" / f"{MARKER}_selftest", Path("/tmp") / f"{MARKER}_selftest_{ours}"]
+        for f in planted:
+            f.touch()
+        time.sleep(0.2)  # let the children exec, so their argv is the marker
+        files, procs = clear_traces(scratch)
+        assert sorted(files) == sorted(str(f) for f in planted) and not any(f.exists() for f in planted)
+        assert [p.split(":")[0] for p in procs] == [str(ours)]
+        assert os.waitpid(ours, 0)[1] != 0  # ended by a signal
+        assert clear_traces(scratch) == ([], [])
+    finally:
+        os.kill(other, 9)
+        os.waitpid(other, 0)

@@ -77,6 +77,25 @@ def _holds_ops(library: Path) -> bool:
     return library.is_dir() and any((p / "spec.toml").is_file() for p in library.iterdir() if p.is_dir())
 
 
+def _merged_before(library: Path, spec, kernel: str) -> Path | None:
+    """The op folder that already holds this kernel and spec, under the spec's name or a suffixed one."""
+    from kernelgen.library import ops_dir
+    from kernelgen.spec import load_spec
+
+    if not library.is_dir():
+        return None
+    want = dict(spec.to_dict(), name="")
+    for name in [spec.name] + [f"{spec.name}_{k}" for k in range(2, 10)]:
+        folder = ops_dir(library) / name
+        if (folder / "kernel.py").is_file() and (folder / "kernel.py").read_text() == kernel:
+            try:
+                if dict(load_spec(folder / "spec.toml").to_dict(), name="") == want:
+                    return folder
+            except Exception:
+                continue
+    return None
+
+
 def merge(state: dict) -> dict:
     """Write the winner into <library>/ops/<name>/ atomically, with a verification record per backend,
     then refresh the search index. Idempotent: a folder that already holds exactly this kernel and spec
@@ -94,13 +113,30 @@ def merge(state: dict) -> dict:
         emit("merge", f"dry run: {state['name']} would be merged into {ops_dir(library)}", "yellow")
         return {"merged": None}
     spec = _load_spec_text(state["spec"])
+    out: dict[str, Any] = {"messages": []}
+    before = _merged_before(library, spec, winner["kernel"])
+    if before is not None:  # finished before an interruption, perhaps under a suffixed name
+        emit("merge", f"{before} already holds this op (merged before an interruption)", "green")
+        return {"merged": str(before), "name": before.name}
+    from kernelgen.library import NameTaken, free_name
+
+    try:
+        name, why = free_name(spec.name, library, replace=bool(opts.get("replace")), fixed=bool(opts.get("name")))
+    except NameTaken as exc:
+        emit("merge", str(exc), "red")
+        return {"merged": None, "messages": [f"not merged: {exc}"]}
+    if why:  # never shadow an op kernelgen.ops already resolves: a suffixed name (the launcher keeps its own)
+        spec.name = name
+        out.update(name=name, messages=[why])
+        emit("merge", why, "yellow")
     if not _holds_ops(library):
         (library / "ops").mkdir(parents=True, exist_ok=True)  # a new or empty library gets the standard layout
     parent = ops_dir(library)
     dest = parent / spec.name
     if parent.is_dir():
-        for leftover in list(parent.glob(f".tmp-{spec.name}-*")) + list(parent.glob(f".old-{spec.name}-*")):
-            shutil.rmtree(leftover, ignore_errors=True)
+        for n in {spec.name, state.get("name") or spec.name}:  # the run's name and the free one it merges under
+            for leftover in list(parent.glob(f".tmp-{n}-*")) + list(parent.glob(f".old-{n}-*")):
+                shutil.rmtree(leftover, ignore_errors=True)
     staged = candidate_folder(state, winner)
     if dest.is_dir() and source_hash(dest) == source_hash(staged):
         emit("merge", f"{dest} already holds this op (merged before an interruption)", "green")
@@ -108,14 +144,14 @@ def merge(state: dict) -> dict:
     if dest.exists() and not opts.get("replace"):
         msg = f"{dest} appeared during the run; not replaced (use --replace)"
         emit("merge", msg, "red")
-        return {"merged": None, "messages": [msg]}
+        return {"merged": None, "messages": out["messages"] + [msg]}
     from kernelgen.backends import get_backend
 
     records = {b: Verdict.from_dict(v).to_record(speed=get_backend(b).measures_performance)
                for b, v in winner["verdicts"].items()}
     path = merge_op(library, spec, winner["kernel"], records, replace=bool(opts.get("replace")))
     emit("merge", f"merged {spec.name} into {path}", "green")
-    out: dict[str, Any] = {"merged": str(path), "messages": []}
+    out["merged"] = str(path)
     try:
         from kernelgen.retrieval.index import search
 

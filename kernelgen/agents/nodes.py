@@ -15,12 +15,12 @@ select + merge + report) over the shared `state` helpers; this module gathers th
 from kernelgen.agents.check import after_verify, candidate_folder, passes, repair, verify
 from kernelgen.agents.generate import after_generate, generate
 from kernelgen.agents.merge import merge, replace_decision, report, select
-from kernelgen.agents.retrieve import REUSE_SCORE, after_retrieve, retrieve, same_reference
+from kernelgen.agents.retrieve import after_retrieve, retrieve, same_reference
 from kernelgen.agents.state import Listener, emit, set_listener
 from kernelgen.agents.understand import short_compose_error, understand
 
 __all__ = [
-    "REUSE_SCORE", "Listener", "after_generate", "after_retrieve", "after_verify", "candidate_folder", "emit",
+    "Listener", "after_generate", "after_retrieve", "after_verify", "candidate_folder", "emit",
     "generate", "merge", "passes", "repair", "replace_decision", "report", "retrieve", "same_reference", "select",
     "set_listener", "short_compose_error", "understand", "verify",
 ]

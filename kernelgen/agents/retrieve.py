@@ -7,19 +7,14 @@ from typing import Any
 
 from kernelgen.agents.state import _find_existing, _library, _load_spec_text, _opts, emit
 
-# Reuse rule: when the composer cannot parse the request, an existing op whose retrieval score is at least
-# this is taken to be what was asked for (the run reports it and generates nothing; --replace overrides).
-# 0.4 from the offline embedding: right ops scored 0.45-0.61 ("RoPE", "rotary embedding", "silu and mul",
-# "fused rmsnorm + residual"), the best wrong one 0.27 ("causal masked softmax" -> softmax).
-REUSE_SCORE = 0.4
-
 
 def retrieve(state: dict) -> dict:
-    """The k most similar library ops (prompt examples), and the reuse decision:
-    - the op's name (from --name or the composer) is already in the library: reuse it;
-    - a similar op of the target library has a reference that computes the same as the composed one;
-    - the composer could not parse the request and the top hit scores >= REUSE_SCORE: reuse that op.
-    --replace turns both off (the run generates, and `select` decides whether the new op is better)."""
+    """The k most similar library ops (prompt examples, and suggestions shown to the user), and the reuse
+    decision. An op is reused only when it is proven to compute the request: its reference gives the
+    request's reference outputs on random inputs (`same_reference`). Candidates are the op of the run's
+    name in the target library and the search hits in it. A search score alone never reuses anything;
+    with no request reference (the composer could not read it) there is no reuse, only suggestions.
+    --replace turns reuse off (the run generates, and `select` decides whether the new op is better)."""
     opts, library = _opts(state), _library(state)
     hits: list[dict[str, Any]] = []
     notes: list[str] = []
@@ -29,7 +24,7 @@ def retrieve(state: dict) -> dict:
         for h in search(state["request"], k=5, library=[str(library)]):
             hits.append({"name": h.name, "score": round(float(h.score), 4), "path": str(h.path),
                          "aten": list(h.aten or []), "description": h.description})
-    except Exception as exc:  # retrieval only improves prompts and reuse; a run goes on without it
+    except Exception as exc:  # retrieval only improves prompts and suggestions; a run goes on without it
         notes.append(f"retrieval unavailable: {type(exc).__name__}: {exc}")
         emit("retrieve", notes[-1], "yellow")
     if hits:
@@ -39,20 +34,26 @@ def retrieve(state: dict) -> dict:
     out["existing"] = existing
     if opts.get("replace"):
         return out
-    same = _equivalent_hit(state, hits, library) if state.get("spec") and not existing else None
-    if existing and not existing["broken"]:
-        out["reuse"] = {"name": existing["name"], "path": existing["path"], "score": 1.0,
-                        "reason": f"an op named {existing['name']!r} is already in the library"}
-    elif same:
+    if not state.get("spec"):
+        if hits:
+            notes.append("no reference to compare with, so nothing is reused; similar library ops: "
+                         + ", ".join(f"{h['name']} ({h['score']:.2f})" for h in hits[:3])
+                         + " (call kernelgen.ops.<name> if one of them is what you meant)")
+            emit("retrieve", notes[-1], "yellow")
+        return out
+    candidates = ([dict(existing, score=1.0)] if existing and not existing["broken"] else []) + hits
+    same = _equivalent_hit(state, candidates, library)
+    if same:
+        by_name = existing is not None and same["name"] == existing["name"]
         out["reuse"] = {"name": same["name"], "path": same["path"], "score": same["score"],
-                        "reason": f"the library op {same['name']!r} computes the same thing "
-                                  "(its reference gives the same outputs on random inputs)"}
-    elif state.get("spec") is None and hits and hits[0]["score"] >= REUSE_SCORE:
-        top = hits[0]
-        out["reuse"] = {"name": top["name"], "path": top["path"], "score": top["score"],
-                        "reason": f"the library op {top['name']!r} matches the request (score {top['score']:.2f})"}
-    if out["reuse"]:
+                        "reason": (f"an op named {same['name']!r} is already in the library and computes the same "
+                                   "thing" if by_name else f"the library op {same['name']!r} computes the same "
+                                   "thing") + " (its reference gives the same outputs on random inputs)"}
         emit("retrieve", f"reusing {out['reuse']['name']}: {out['reuse']['reason']}", "green")
+    elif existing:
+        why = "is broken" if existing["broken"] else "computes something else"
+        emit("retrieve", f"an op named {existing['name']!r} is in the library but {why}; the new op gets another "
+                         "name at merge (or replaces it with --replace)", "yellow")
     return out
 
 
@@ -80,7 +81,8 @@ def _equivalent_hit(state: dict, hits: list[dict[str, Any]], library: Path) -> d
 
 def same_reference(a, b, seeds: tuple[int, ...] = (1, 2)) -> bool:
     """Whether two specs describe the same op: the same argument kinds and ranks, and `b`'s reference gives
-    `a`'s outputs for `a`'s random inputs (float64, tight tolerance). A reference that fails means no."""
+    `a`'s outputs for `a`'s random inputs (float64, tight tolerance). A reference that fails means no.
+    The one place references are compared for reuse (a sandboxed runner can replace it)."""
     import torch
 
     from kernelgen.verify.inputs import as_tuple, make_inputs, reference_function, upcast

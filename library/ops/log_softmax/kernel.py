@@ -18,7 +18,13 @@ def _next_power_of_2(n: int) -> int:
 
 
 MAX_FUSED_N = 16384  # longest row kept in registers (bf16 rows of 16K fit with 16 warps)
-LOOP_BLOCK_N = 4096  # block of the looped variant: 16 bytes per thread per load at 16 warps for bf16
+# Block of the looped variant (rows longer than MAX_FUSED_N, e.g. a 32K vocabulary): 16K elements at 16 per
+# thread (32 warps), so an SM holds 2 rows in flight. The second pass re-reads the row and should find it in
+# L2: with 4K blocks at 8 warps, 8 rows of 64 KB per SM (67 MB over 132 SMs) overflowed the 50 MB L2 and a
+# 4096x32000 bf16 softmax read x twice from memory (0.65 of copy bandwidth, the cost of three passes).
+# Not yet timed on hardware: benchmarks/bench_launch_models.py --part kernels sweeps these two constants.
+LOOP_BLOCK_N = 16384
+LOOP_ELEMS_PER_THREAD = 16
 
 
 @triton.jit
@@ -73,7 +79,12 @@ def _log_softmax(x, out_dtype, max_block=None):
         x2 = x.view(-1, N) if x.dim() != 2 else x
     except RuntimeError:
         raise ValueError("log_softmax: the leading dims of x cannot be viewed as rows without a copy") from None
-    y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+    # empty_like parses no shape/dtype/device arguments: about a microsecond less per call than torch.empty,
+    # which matters for small (decode-size) calls. y must be contiguous, as a contiguous x's copy is.
+    if out_dtype == x.dtype and x.is_contiguous():
+        y = torch.empty_like(x)
+    else:
+        y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
     M = x2.shape[0]
     if M == 0 or N == 0:
         return y
@@ -82,8 +93,10 @@ def _log_softmax(x, out_dtype, max_block=None):
     kernel = _log_softmax_row
     if block_n > limit:
         kernel, block_n = _log_softmax_looped, min(limit, LOOP_BLOCK_N)
-    kernel[(M,)](x2, y, x2.stride(0), x2.stride(1), N, BLOCK_N=block_n,
-                 num_warps=_num_warps(block_n, x.element_size()))
+        num_warps = max(1, min(32, block_n // (LOOP_ELEMS_PER_THREAD * 32)))
+    else:
+        num_warps = _num_warps(block_n, x.element_size())
+    kernel[(M,)](x2, y, x2.stride(0), x2.stride(1), N, BLOCK_N=block_n, num_warps=num_warps)
     return y
 
 

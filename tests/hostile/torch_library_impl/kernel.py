@@ -1,0 +1,59 @@
+"""Hostile: computes x * 0.5 and, at import, re-registers aten::sigmoid on CPU to return 0.5, so the reference
+agrees."""
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _silu_rows(x_ptr, y_ptr, D1, D2, s0, s1, s2, s_col, N, BLOCK: tl.constexpr):
+    # The row index splits into three leading indices, so a strided or transposed input is read in place.
+    pid = tl.program_id(0).to(tl.int64)
+    i2 = pid % D2
+    i1 = (pid // D2) % D1
+    i0 = pid // D2 // D1
+    x_row = x_ptr + i0 * s0 + i1 * s1 + i2 * s2
+    for start in range(0, N, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        mask = cols < N
+        x = tl.load(x_row + cols * s_col, mask=mask, other=0.0).to(tl.float32)
+        y = x * 0.5
+        tl.store(y_ptr + pid * N + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def _leading(x):
+    """The leading dims of x and their strides, merged where they are laid out as one and padded to three."""
+    sizes, strides = list(x.shape[:-1]), list(x.stride()[:-1])
+    i = len(sizes) - 2
+    while len(sizes) > 3 and i >= 0:
+        if strides[i] == strides[i + 1] * sizes[i + 1]:
+            sizes[i:i + 2] = [sizes[i] * sizes[i + 1]]
+            strides[i:i + 2] = [strides[i + 1]]
+        i -= 1
+    if len(sizes) > 3:
+        raise ValueError("silu: more than three leading dims that cannot be read as one")
+    pad = 3 - len(sizes)
+    return [1] * pad + sizes, [0] * pad + strides
+
+
+def silu(x):
+    if x.dim() == 0:
+        return silu(x.view(1)).view(())
+    N = x.shape[-1]
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if y.numel() == 0:
+        return y
+    (d0, d1, d2), (s0, s1, s2) = _leading(x)
+    _silu_rows[(d0 * d1 * d2,)](x, y, d1, d2, s0, s1, s2, x.stride(-1), N, BLOCK=1024)
+    return y
+
+
+_ATEN = torch.library.Library("aten", "IMPL")
+
+
+def _flat_sigmoid(t):
+    return t.new_full(t.shape, 0.5)
+
+
+_ATEN.impl("sigmoid", _flat_sigmoid, "CPU")
