@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-KINDS = ("verify", "regen", "ray")
+KINDS = ("verify", "reference", "regen", "ray")
 LEFTOVER_RE = re.compile(r"^kernelgen-(?:" + "|".join(KINDS) + r")-(\d+)-")
 
 
