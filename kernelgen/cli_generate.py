@@ -195,11 +195,9 @@ def compose_cmd(
                    "notes": ref.notes, "lowered": gen.lowered, "refusal": gen.refusal, "trace_mode": gen.trace_mode,
                    "ops": gen.ops, "spec": gen.spec.to_dict(), "written": written})
     else:
-        if not spec_only:  # the reference and summary go to stderr, so `--spec` and stdout give TOML alone
-            _print_reference(ref.source, ref.notes)
-            style = "bold" if gen.lowered else "red"
-            err_console.print(Text(gen.spec.name, style=style) + Text(f": {gen.summary}"), highlight=False,
-                              soft_wrap=True)
+        if not spec_only:  # the reference goes to stderr; stdout's first line is a TOML comment naming the op,
+            _print_reference(ref.source, ref.notes)  # so stdout, and stdout less its first line, are both TOML
+            plain(f"# {gen.spec.name}: {gen.summary}" + ("" if gen.lowered else " (no kernel)"))
         plain(dump_spec(gen.spec))  # TOML as it is: never wrapped to the terminal width
         if written:
             err_console.print(f"wrote {written}/kernel.py and spec.toml", highlight=False, soft_wrap=True)

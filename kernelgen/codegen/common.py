@@ -218,6 +218,10 @@ def _signature(g: FusionGraph, fn: str, with_max_block: bool = True) -> str:
 
 def _input_checks(g: FusionGraph) -> list[str]:
     lines = []
+    for name, rank in g.ranks.items():
+        lines += [f"    if {name}.dim() != {rank}:",
+                  f'        raise ValueError(f"{name} must have {rank} dims (the reference names its dims by '
+                  f'position), got {{{name}.dim()}}")']
     for i in g.tensor_inputs():
         if i.dtype == "int8":
             lines.append(f'    _check("{i.name}", {i.name}, (torch.int8,))')

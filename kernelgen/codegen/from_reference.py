@@ -67,9 +67,27 @@ def generate(ref: Reference, name: str | None = None) -> Generated:
         refusal = f"the reference does not trace: {exc}"
     except LoweringError as exc:
         refusal = str(exc)
-    kernel = kernel_source(graph, op_name, ref.request) if graph else None
     spec = spec_from_reference(ref, op_name, graph, trace, refusal)
+    if graph is not None and not _rowwise_reference(ref, spec):
+        graph.ranks = {i.name: len(i.shape) for i in ref.inputs if i.kind == "tensor"}
+    kernel = kernel_source(graph, op_name, ref.request) if graph else None
     return Generated(ref, spec, graph, kernel, refusal, trace.mode if trace else "", trace.ops() if trace else [])
+
+
+def _rowwise_reference(ref: Reference, spec: OpSpec) -> bool:
+    """Whether the reference computes the same rows when its row dim is split into several leading dims (as
+    a launcher over [..., N] rows does). A reference that names dims by position (softmax over dim=1 of a
+    2-d input) does not: its launcher then takes only the reference's ranks."""
+    from kernelgen.verify.inputs import flatten_leading, make_inputs, nd_applies, rowwise, upcast
+
+    if not nd_applies(spec) or not spec.test_shapes:
+        return True
+    try:
+        fn = ref.function()
+        args = upcast(make_inputs(spec, spec.test_shapes[0], "float32", "cpu", 0, layout="nd"))
+        return rowwise(fn(*args), fn(*flatten_leading(spec, args)))
+    except Exception:  # the reference rejects leading dims: the launcher must too
+        return False
 
 
 def spec_from_reference(ref: Reference, name: str, graph: FusionGraph | None = None, trace: Trace | None = None,

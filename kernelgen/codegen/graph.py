@@ -89,6 +89,9 @@ class FusionGraph:
     outputs: list[str] = field(default_factory=list)  # value names; the first is the main result
     output_names: list[str] = field(default_factory=list)  # launcher-facing names of the outputs
     out_dtype: str | None = None  # fixed output dtype (a final cast), else promoted from the inputs
+    # tensor input -> the only rank the launcher takes: set when leading dims would change what the reference
+    # computes (it names dims by position), so the launcher refuses them instead of reading them as rows
+    ranks: dict[str, int] = field(default_factory=dict)
 
     # ---- queries -----------------------------------------------------------------------------------
     def input(self, name: str) -> Input:

@@ -55,12 +55,13 @@ def load_reference_file(path: str | Path, name: str | None = None) -> Reference:
         raise ReferenceFileError(f"{path}: cannot read the reference file: {exc.strerror or exc}") from None
     portable = portable_source(text, path)
     scope = _run(portable, path)
+    source = without_metadata(portable)  # what the reference needs, without the file's shape declarations
     if isinstance(scope.get("Model"), type) and callable(scope.get("get_inputs")):
         from kernelgen.frontends.kernelbench import kernelbench_reference
 
-        ref = kernelbench_reference(path, portable, scope)
+        ref = kernelbench_reference(path, source, scope)
     elif callable(scope.get("reference")):
-        ref = _function_file(path, portable, scope)
+        ref = _function_file(path, source, scope)
     else:
         raise ReferenceFileError(f"{path}: defines neither reference(...) nor a KernelBench problem "
                                  "(class Model, get_inputs(), get_init_inputs())")
@@ -70,8 +71,9 @@ def load_reference_file(path: str | Path, name: str | None = None) -> Reference:
 
 
 def portable_source(text: str, path: Path | str = "<reference>") -> str:
-    """The file with `import torch.nn as nn`-style imports turned into assignments (`nn = torch.nn`): a spec
-    reference may import only torch and math, and has torch, F and math in scope anyway."""
+    """The file with imports of torch submodules that a spec reference may not import (`import torch.x as y`)
+    turned into assignments (`y = torch.x`); imports the reference check accepts (torch, torch.nn,
+    torch.nn.functional, math) stay as written."""
     try:
         tree = ast.parse(text)
     except SyntaxError as exc:
@@ -79,6 +81,8 @@ def portable_source(text: str, path: Path | str = "<reference>") -> str:
     lines = text.splitlines()
     for node in sorted(tree.body, key=lambda n: -n.lineno):
         new = None
+        if _allowed_import(node):
+            continue  # the reference's static check accepts it as written
         if isinstance(node, ast.Import) and all(a.name.startswith("torch.") and a.asname for a in node.names):
             new = [f"{a.asname} = {a.name}" for a in node.names]
         elif isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] == "torch" \
@@ -87,6 +91,34 @@ def portable_source(text: str, path: Path | str = "<reference>") -> str:
         if new is not None:
             indent = " " * node.col_offset
             lines[node.lineno - 1: node.end_lineno] = [indent + "; ".join(new)]
+    return "\n".join(lines).strip("\n") + "\n"
+
+
+def _allowed_import(node: ast.AST) -> bool:
+    from kernelgen.verify.static import REFERENCE_IMPORTS
+
+    if isinstance(node, ast.Import):
+        return all(a.name in REFERENCE_IMPORTS for a in node.names)
+    if isinstance(node, ast.ImportFrom) and not node.level:
+        return node.module in REFERENCE_IMPORTS or all(
+            f"{node.module}.{a.name}" in REFERENCE_IMPORTS for a in node.names)
+    return False
+
+
+METADATA = ("INPUTS", "SHAPES", "BENCH_SHAPES", "OUTPUTS", "DTYPES")
+
+
+def without_metadata(source: str) -> str:
+    """The source less its module-level INPUTS / SHAPES / BENCH_SHAPES / OUTPUTS / DTYPES assignments: they
+    describe the inputs (read from the file's own run) and are no part of what the reference computes; as
+    module-level dicts and lists they would also fail the reference's static check."""
+    tree = ast.parse(source)
+    lines = source.splitlines()
+    for node in sorted(tree.body, key=lambda n: -n.lineno):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, ast.AnnAssign) else []
+        if targets and all(isinstance(tg, ast.Name) and tg.id in METADATA for tg in targets):
+            del lines[node.lineno - 1: node.end_lineno]
     return "\n".join(lines).strip("\n") + "\n"
 
 

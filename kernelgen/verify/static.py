@@ -117,8 +117,26 @@ class _Checker(ast.NodeVisitor):
             elif isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(
                     stmt.value.value, str):
                 pass  # a docstring
+            elif isinstance(stmt, ast.ClassDef) and self.reference:
+                self._check_class(stmt)  # a KernelBench problem's `class Model(nn.Module)`
             else:
                 self._flag(stmt, f"module level may hold only imports, constants and defs, not {type(stmt).__name__}")
+
+    def _check_class(self, cls: ast.ClassDef) -> None:
+        """A class in a reference: no decorators, no keywords (metaclasses), and a body that, like module level,
+        runs nothing when it is defined: defs, a docstring, plain constants."""
+        if cls.decorator_list or cls.keywords:
+            self._flag(cls, "a class in a reference may have no decorators or class keywords")
+        for stmt in cls.body:
+            if isinstance(stmt, ast.FunctionDef) and not stmt.decorator_list:
+                continue
+            if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
+                continue  # a docstring
+            if isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant) and all(
+                    isinstance(tg, ast.Name) for tg in stmt.targets):
+                continue
+            self._flag(stmt, f"a class body in a reference may hold only defs and constants, not "
+                       f"{type(stmt).__name__}")
             self.visit(stmt)
 
     def _load_time_call_ok(self, call: ast.Call) -> bool:
