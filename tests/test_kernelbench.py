@@ -12,6 +12,7 @@ import pytest
 
 from kernelgen.codegen.from_reference import generate
 from kernelgen.frontends.reference_file import load_reference_file
+from kernelgen.verify.static import check_reference
 
 KERNELBENCH = Path(os.environ.get("KERNELGEN_KERNELBENCH")
                    or Path(__file__).resolve().parents[1].parent / "shared" / "kernelbench")
@@ -42,9 +43,14 @@ def test_every_problem_loads_traces_and_lowers_or_is_refused_with_the_op():
         for path in files:
             key = f"{path.parent.name}/{path.name}"
             try:
-                gen = generate(load_reference_file(path))
+                ref = load_reference_file(path)
+                gen = generate(ref)
             except Exception as exc:  # loading or spec building failed: named below
                 broken.append(f"{key}: {type(exc).__name__}: {exc}")
+                continue
+            problem = check_reference(ref.source, key)  # the merged spec's reference must pass the verifier
+            if problem:
+                broken.append(problem)
                 continue
             if not gen.trace_mode:
                 broken.append(f"{key}: {gen.refusal}")
