@@ -58,7 +58,7 @@ def matmul_source(g: FusionGraph, fn: str, request: str) -> str:
             call.append(f"{i.name}2.stride(0)")
     ptrs.append("y_ptr")
     strides.append("stride_y_row")
-    call.append("y.stride(0)")
+    call.append("y2.stride(0)")
     params = ptrs + strides + ["M", "N", "K", "max_tile_n"] + _scalars(g)
     loads = _Loads(g, "offs_m[:, None]", "offs_n[None, :]", "in_bounds", "offs_n[None, :] < N", "offs_m[:, None] < M")
     kernel = [
@@ -107,19 +107,30 @@ def matmul_source(g: FusionGraph, fn: str, request: str) -> str:
     launcher = [
         _signature(g, fn),
         f'    """{g.describe()}\n\n'
-        '    a [M, K] @ b [K, N] with the epilogue fused; any strides. max_block caps the N tile."""',
+        '    a [..., M, K] @ b [K, N] with the epilogue fused; any strides. max_block caps the N tile."""',
         *_input_checks(g),
-        "    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:",
-        '        raise ValueError(f"a [M, K] and b [K, N] expected, got {tuple(a.shape)} and {tuple(b.shape)}")',
-        "    M, K = a.shape",
-        "    N = b.shape[1]",
-        "    shape = (M, N)",
+        "    if a.dim() < 2 or b.dim() != 2 or a.shape[-1] != b.shape[0]:",
+        '        raise ValueError(f"a [..., M, K] and b [K, N] expected, got {tuple(a.shape)} and {tuple(b.shape)}")',
+        "    y_lead = tuple(a.shape[:-1])",
+        "    K, N = b.shape",
+        "    M = 1",
+        "    for d in a.shape[:-1]:",
+        "        M *= d",
+        "    # like a @ b: the leading dims of a are rows. They are seen as one row dim through a view (the rows",
+        "    # must sit at one uniform stride, whatever K's stride); a layout that needs a copy is refused.",
+        "    try:",
+        "        a = a.view(M, K)",
+        "    except RuntimeError:",
+        '        raise ValueError(f"a of shape {tuple(a.shape)} and strides {a.stride()} cannot be seen as "',
+        '                         "[M, K] rows without a copy (its rows are not at one uniform stride)") from None',
+        "    shape = (*y_lead, N)",
         f"    y = torch.empty(shape, dtype={_out_dtype(g)}, device=a.device)",
         "    if y.numel() == 0:",
         "        return y",
+        "    y2 = y.view(M, N)",
         *[ln for ln in _views(g) if "a2 =" not in ln and "b2 =" not in ln],
         '    grid = lambda meta: (_cdiv(M, meta["BLOCK_M"]) * _cdiv(N, meta["BLOCK_N"]),)',
-        f"    _{fn}_tuned[grid](a, b, {''.join(f'{i.name}2, ' for i in epi_inputs)}y,",
+        f"    _{fn}_tuned[grid](a, b, {''.join(f'{i.name}2, ' for i in epi_inputs)}y2,",
         f"        {', '.join(call + ['M', 'N', 'K', 'max_block or 1 << 30'] + _scalar_call(g))},",
         "        FP32_DOT=_fp32_dot(a, b))",
         "    return y",
