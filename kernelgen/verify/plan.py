@@ -159,4 +159,21 @@ def adapter_calls(spec: OpSpec, backend: Backend, seed: int, module_names: set[s
             calls.append(Call(id=start + len(calls), case=f"adapter {ov.adapter} ghost replay", dtype=dtype,
                               dims=dims, seed=seed + 17, args=list(args), overload=ov.overload, adapter=ov.adapter,
                               ghost=True))
+            moved = _other_floats(spec, inputs)
+            if moved is not None:
+                # A model passes its own eps/scale: an adapter that drops one (the launcher's default is then
+                # used) agrees with ATen at the spec's value and only shows with another one. It comes after
+                # the ghost replay, which is compared with the first call.
+                calls.append(Call(id=start + len(calls), case=f"adapter {ov.adapter} via {ov.overload}, "
+                                  "other float arguments", dtype=dtype, dims=dims, seed=seed + 17,
+                                  args=aten_args(spec, ov.overload, moved), overload=ov.overload,
+                                  adapter=ov.adapter))
     return calls, problems
+
+
+def _other_floats(spec: OpSpec, inputs: list[Any]) -> list[Any] | None:
+    """The inputs with every float scalar moved well away from the spec's value (4 v + 0.25: an eps of 1e-6
+    becomes about 0.25, a scale of 0.125 becomes 0.75), or None when the spec has no float scalar."""
+    if not any(i.kind == "float" for i in spec.inputs):
+        return None
+    return [4 * a + 0.25 if i.kind == "float" else a for a, i in zip(inputs, spec.inputs)]
