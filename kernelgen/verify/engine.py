@@ -136,7 +136,8 @@ def verify_folder(
     outcome = compare.compare(spec, be.device, calls, groups, results, refs, out_dtypes)
     if outcome.passed:
         try:
-            compare.adapter_calls(spec, adapter_calls, {r["id"]: r for r in results}, dtypes, outcome)
+            compare.adapter_calls(spec, adapter_calls, {r["id"]: r for r in results}, dtypes, outcome,
+                                  be.device)
         except compare.Failed as exc:
             outcome.check, outcome.message = exc.check, exc.message
     if outcome.passed and stage == "performance":

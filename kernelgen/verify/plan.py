@@ -20,7 +20,7 @@ from typing import Any
 
 from kernelgen.backends.base import Backend
 from kernelgen.spec import OpSpec
-from kernelgen.verify.adapters import ADAPTER_DTYPES, AtenCallError, aten_args
+from kernelgen.verify.adapters import ADAPTER_DTYPES, AtenCallError, aten_args, with_flag
 from kernelgen.verify.inputs import edge_shapes, make_inputs, nd_applies
 
 INTERPRETER_LONG_ROW_BLOCK = 1024  # the interpreter is slow: a smaller block limit keeps "long row" cheap
@@ -42,6 +42,7 @@ class Call:
     same_as: int | None = None  # run on the device inputs of that call (repeated calls)
     overload: str = ""  # adapter calls: the ATen overload and the adapter's name in kernel.py
     adapter: str = ""
+    expect_args: list[Any] | None = None  # adapter calls whose expected values ATen computes from other arguments
     trial: int = 0
 
     @property
@@ -159,6 +160,13 @@ def adapter_calls(spec: OpSpec, backend: Backend, seed: int, module_names: set[s
             calls.append(Call(id=start + len(calls), case=f"adapter {ov.adapter} ghost replay", dtype=dtype,
                               dims=dims, seed=seed + 17, args=list(args), overload=ov.overload, adapter=ov.adapter,
                               ghost=True))
+            half = with_flag(ov.overload, args, "half_to_float", True) if dtype == "float16" else None
+            if half is not None:
+                # A model's float16 softmax may ask for a float32 result; the flag changes the output dtype
+                # only, so the values expected are ATen's without it (its CPU kernels refuse the flag).
+                calls.append(Call(id=start + len(calls), case=f"adapter {ov.adapter} via {ov.overload}, "
+                                  "half_to_float", dtype=dtype, dims=dims, seed=seed + 17, args=half,
+                                  overload=ov.overload, adapter=ov.adapter, expect_args=args))
             moved = _other_floats(spec, inputs)
             if moved is not None:
                 # A model passes its own eps/scale: an adapter that drops one (the launcher's default is then
