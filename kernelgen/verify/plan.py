@@ -7,7 +7,8 @@ sees inputs only: reference outputs, tolerances and the verdict stay in the pare
 
 Cases per dtype: the spec's test shapes; then, from the first test shape, strided rows, transposed inputs
 (a column stride other than 1), several leading dims, large magnitudes, an all-zero and a constant row,
-one row, a non-power-of-two row, a row longer than one block, zero rows and zero columns. Every case has
+one row, a non-power-of-two row, a row longer than one block (with a small max_block, and with the launcher's
+own defaults), zero rows and zero columns. Every case has
 `trials` fresh seeds, alternately under the guard and without it (a kernel must not tell a verification
 run from production); the launcher is called with its own defaults except in the long-row case.
 """
@@ -88,6 +89,10 @@ def cases(spec: OpSpec, backend: Backend, block_kwargs: dict[str, Any]) -> list[
         if label == "longer than one block":
             case["kwargs"] = dict(block_kwargs)
         out.append(case)
+        if label == "longer than one block" and block_kwargs:
+            # Production calls pass no max_block: the launcher's own choice must take long rows too.
+            wide = {**dims, spec.col_dim: 2 * min(backend.max_block_size, 16384) + 37}
+            out.append(dict(label="longer than one block, launcher defaults", dims=wide))
     if spec.col_dim in base:
         # A reduction over zero elements has no agreed value (NaN, -inf, an error): refusing it is fine.
         out.append(dict(label="zero columns", dims={**base, spec.col_dim: 0}, optional=True, refusable=True))
