@@ -97,11 +97,12 @@ def aten_dtypes(overload: str, args: list[Any], device: str) -> tuple:
     return dtypes(aten_op(overload)(*meta))
 
 
-def with_flag(overload: str, args: list[Any], name: str, value: bool) -> list[Any] | None:
-    """`args` with the positional bool argument `name` set to `value`; None when the op has no such one."""
+def with_arg(overload: str, args: list[Any], name: str, value: Any, typ: str) -> list[Any] | None:
+    """`args` with the positional argument `name` (of schema type `typ`) set to `value`; None when the op has
+    no such argument among `args`, or it already has that value."""
     for k, arg in enumerate(aten_op(overload)._schema.arguments[:len(args)]):
-        if arg.name == name and str(arg.type) == "bool":
-            return args[:k] + [value] + args[k + 1:]
+        if arg.name == name and str(arg.type) == typ:
+            return None if args[k] == value else args[:k] + [value] + args[k + 1:]
     return None
 
 

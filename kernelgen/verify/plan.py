@@ -19,9 +19,11 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from kernelgen.backends.base import Backend
 from kernelgen.spec import OpSpec
-from kernelgen.verify.adapters import ADAPTER_DTYPES, AtenCallError, aten_args, with_flag
+from kernelgen.verify.adapters import ADAPTER_DTYPES, AtenCallError, aten_args, with_arg
 from kernelgen.verify.inputs import edge_shapes, make_inputs, nd_applies
 
 INTERPRETER_LONG_ROW_BLOCK = 1024  # the interpreter is slow: a smaller block limit keeps "long row" cheap
@@ -165,7 +167,14 @@ def adapter_calls(spec: OpSpec, backend: Backend, seed: int, module_names: set[s
             calls.append(Call(id=start + len(calls), case=f"adapter {ov.adapter} ghost replay", dtype=dtype,
                               dims=dims, seed=seed + 17, args=list(args), overload=ov.overload, adapter=ov.adapter,
                               ghost=True))
-            half = with_flag(ov.overload, args, "half_to_float", True) if dtype == "float16" else None
+            first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+            other_dim = with_arg(ov.overload, args, "dim", 0, "int") if first is not None and first.dim() > 1 else None
+            if other_dim is not None:
+                # A model may reduce over another dim: the adapter must serve it right or hand it back to ATen.
+                calls.append(Call(id=start + len(calls), case=f"adapter {ov.adapter} via {ov.overload}, dim=0",
+                                  dtype=dtype, dims=dims, seed=seed + 17, args=other_dim, overload=ov.overload,
+                                  adapter=ov.adapter))
+            half = with_arg(ov.overload, args, "half_to_float", True, "bool") if dtype == "float16" else None
             if half is not None:
                 # A model's float16 softmax may ask for a float32 result; the flag changes the output dtype
                 # only, so the values expected are ATen's without it (its CPU kernels refuse the flag).
