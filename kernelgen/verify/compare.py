@@ -189,9 +189,11 @@ class Comparer:
             self.unchanged(res, source.args, where)
             got = tuple(res["outputs"])
             if prev is not None and nonempty and not g.get("same_inputs") and tensors_equal(got, prev):
-                if not tensors_equal(_cast(ref, got), _cast(prev_ref, got)):
+                # Equal outputs are a replay only where the references differ by more than the tolerance:
+                # two bfloat16 results 1 ulp apart in float64 may round to one value in a correct kernel.
+                if values(self.spec, list(_cast(prev_ref, got)), ref, dtype, scaled=g.get("magnitude", False)):
                     raise Failed("anticheat", f"same output for two different inputs on {dtype} {label}, where "
-                                 "the reference's outputs differ")
+                                 "the reference's outputs differ by more than the tolerance")
             msg = values(self.spec, list(got), ref, dtype, scaled=g.get("magnitude", False))
             if msg:
                 raise Failed("accuracy", f"{where}: {msg}")
