@@ -107,7 +107,8 @@ def matmul_source(g: FusionGraph, fn: str, request: str) -> str:
     launcher = [
         _signature(g, fn),
         f'    """{g.describe()}\n\n'
-        '    a [..., M, K] @ b [K, N] with the epilogue fused; any strides. max_block caps the N tile."""',
+        "    a [..., M, K] @ b [K, N] with the epilogue fused; b any strides, the rows of a at one stride\n"
+        '    (leading dims a view can merge; any K stride). max_block caps the N tile."""',
         *_input_checks(g),
         "    if a.dim() < 2 or b.dim() != 2 or a.shape[-1] != b.shape[0]:",
         '        raise ValueError(f"a [..., M, K] and b [K, N] expected, got {tuple(a.shape)} and {tuple(b.shape)}")',
