@@ -15,7 +15,8 @@ conditions its expect.toml names in [trigger]:
     expect = "wrong" | "raises" | "dtype" | "shape" | "alias" | "input_changed" | "earlier_output_changed"
              | "aten_mismatch"
 
-Only bug candidates are imported here (checks accuracy, outputs, inputs, adapter, spec); attacks never are.
+Only bug candidates are imported here (checks accuracy, outputs, inputs, adapter, spec, and static ones with a
+[trigger]); attacks never are.
 """
 
 from __future__ import annotations

@@ -51,6 +51,10 @@ HEADER = "import torch\nimport triton\nimport triton.language as tl\n\n"
         ("def f(x):\n    return x.numpy()", "'numpy'"),
         ("T = torch", "may not be used as a value"),
         ("_CALLS = [0]", "mutable constant"),
+        ("_CALLS = []", "mutable constant"),
+        ("_STATE = ([], 1)", "mutable constant"),
+        ("_STATE = (1, {'calls': 0})", "mutable constant"),
+        ("import functools\n@functools.lru_cache\ndef _state():\n    return {}", "functools.lru_cache is not allowed"),
         ("def f(x, _n=[0]):\n    return _n", "default argument must be a constant"),
         ("def f(x):\n    global _N", "global _N is not allowed"),
         ("def f(x):\n    f.calls = 1", "assigning the attribute 'calls'"),
@@ -87,7 +91,7 @@ def test_ordinary_kernel_code_is_accepted():
     source = "from __future__ import annotations\n" + HEADER + (
         "import math\nimport functools\nfrom typing import Optional\n"
         "from triton.language.extra import libdevice\n\n"
-        "@functools.lru_cache\ndef _block(n):\n    return triton.next_power_of_2(n)\n\n"
+        "def _block(n):\n    return triton.next_power_of_2(n)\n\n"
         "def aten_adapter(input, dim, dtype=None):\n    if input.dim() == 0:\n        return NotImplemented\n"
         "    y = torch.empty_like(input)\n    seen = {}\n    seen['a'] = 1\n"
         "    return torch.float32, input.stride(), math.sqrt(2.0), tl.load, getattr(input, 'dtype', None), y\n\n"

@@ -82,31 +82,12 @@ def _equivalent_hit(state: dict, hits: list[dict[str, Any]], library: Path) -> d
 def same_reference(a, b, seeds: tuple[int, ...] = (1, 2)) -> bool:
     """Whether two specs describe the same op: the same argument kinds and ranks, and `b`'s reference gives
     `a`'s outputs for `a`'s random inputs (float64, tight tolerance). A reference that fails means no.
-    The one place references are compared for reuse (a sandboxed runner can replace it)."""
-    import torch
+    The request's reference is untrusted code, so both run behind the verifier's wall (in a plain process
+    under --no-sandbox); raises `SandboxUnavailable` when a sandbox is needed and cannot start."""
+    from kernelgen.verify.references import same_outputs
+    from kernelgen.verify.sandbox import sandbox_disabled
 
-    from kernelgen.verify.inputs import as_tuple, make_inputs, reference_function, upcast
-
-    if len(a.inputs) != len(b.inputs) or len(a.outputs) != len(b.outputs):
-        return False
-    for x, y in zip(a.inputs, b.inputs):
-        if x.kind != y.kind or (x.kind == "tensor" and (len(x.shape) != len(y.shape) or x.dtype != y.dtype)):
-            return False
-    try:
-        ref_a, ref_b = reference_function(a), reference_function(b)
-        for seed in seeds:
-            args = upcast(make_inputs(a, dict(a.test_shapes[0]), "float32", "cpu", seed))
-            got_a, got_b = as_tuple(ref_a(*args)), as_tuple(ref_b(*args))
-            if len(got_a) != len(got_b):
-                return False
-            for u, v in zip(got_a, got_b):
-                if not (isinstance(u, torch.Tensor) and isinstance(v, torch.Tensor)) or u.shape != v.shape:
-                    return False
-                if not torch.allclose(u.double(), v.double(), rtol=1e-9, atol=1e-9):
-                    return False
-    except Exception:
-        return False
-    return True
+    return same_outputs(a, b, seeds, sandbox=not sandbox_disabled())
 
 
 def after_retrieve(state: dict) -> str:

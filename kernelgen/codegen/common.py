@@ -106,7 +106,7 @@ def _per_row(t, shape):
 
 def _check(name, t, dtypes):
     if not isinstance(t, torch.Tensor) or t.dtype not in dtypes:
-        got = getattr(t, "dtype", type(t))
+        got = t.dtype if isinstance(t, torch.Tensor) else type(t)
         raise TypeError(f"{name} must be a tensor of dtype {[str(d) for d in dtypes]}, got {got}")
 
 

@@ -60,7 +60,7 @@ def matmul_source(g: FusionGraph, fn: str, request: str) -> str:
             call.append(f"{i.name}2.stride(0)")
     ptrs.append("y_ptr")
     strides.append("stride_y_row")
-    call.append("y.stride(0)")
+    call.append("y2.stride(0)")
     params = ptrs + strides + ["M", "N", "K", "max_tile_n"] + _scalars(g)
     loads = _Loads(g, "offs_m[:, None]", "offs_n[None, :]", "in_bounds", "offs_n[None, :] < N", "offs_m[:, None] < M")
     kernel = [
@@ -113,24 +113,34 @@ def matmul_source(g: FusionGraph, fn: str, request: str) -> str:
     launcher = [
         _signature(g, fn),
         f'    """{g.describe()}\n\n'
-        f'    {lhs} [M, K] @ {rhs_in.name} {"[N, K] transposed" if rhs_in.role == "rhs_t" else "[K, N]"} with the'
-        ' epilogue fused; any strides. max_block caps the N tile."""',
+        f'    {lhs} [..., M, K] @ {rhs_in.name} {"[N, K] transposed" if rhs_in.role == "rhs_t" else "[K, N]"} with the'
+        f' epilogue fused;\n    {rhs_in.name} any strides, the rows of {lhs} at one stride (leading dims a view can'
+        ' merge). max_block caps the N tile."""',
         *_input_checks(g),
-        f"    if {lhs}.dim() != 2 or {rhs_in.name}.dim() != 2:",
-        f'        raise ValueError(f"2-d operands expected, got {{tuple({lhs}.shape)}} and "'
-        f'f"{{tuple({rhs_in.name}.shape)}}")',
         *([f"    {rhs} = {rhs_in.name}.t()"] if rhs_in.role == "rhs_t" else []),
-        f"    if {lhs}.shape[1] != {rhs}.shape[0]:",
-        f'        raise ValueError(f"inner sizes differ: {{tuple({lhs}.shape)}} @ {{tuple({rhs}.shape)}}")',
-        f"    M, K = {lhs}.shape",
-        f"    N = {rhs}.shape[1]",
-        "    shape = (M, N)",
+        f"    if {lhs}.dim() < 2 or {rhs}.dim() != 2 or {lhs}.shape[-1] != {rhs}.shape[0]:",
+        f'        raise ValueError(f"{lhs} [..., M, K] and a [K, N] right operand expected, got "'
+        f'f"{{tuple({lhs}.shape)}} and {{tuple({rhs}.shape)}}")',
+        f"    y_lead = tuple({lhs}.shape[:-1])",
+        f"    K, N = {rhs}.shape",
+        "    M = 1",
+        f"    for d in {lhs}.shape[:-1]:",
+        "        M *= d",
+        "    # like a @ b: the leading dims of the left operand are rows, seen as one row dim through a view (the",
+        "    # rows must sit at one uniform stride, whatever K's stride); a layout that needs a copy is refused",
+        "    try:",
+        f"        {lhs} = {lhs}.view(M, K)",
+        "    except RuntimeError:",
+        f'        raise ValueError(f"{lhs} of shape {{tuple(y_lead)}} x K cannot be seen as [M, K] rows without a "',
+        '                         "copy (its rows are not at one uniform stride)") from None',
+        "    shape = (*y_lead, N)",
         f"    y = torch.empty(shape, dtype={_out_dtype(g)}, device={lhs}.device)",
         "    if y.numel() == 0:",
         "        return y",
+        "    y2 = y.view(M, N)",
         *_views(g),
         '    grid = lambda meta: (_cdiv(M, meta["BLOCK_M"]) * _cdiv(N, meta["BLOCK_N"]),)',
-        f"    _{fn}_tuned[grid]({lhs}, {rhs}, {''.join(f'{i.name}2, ' for i in epi_inputs)}y,",
+        f"    _{fn}_tuned[grid]({lhs}, {rhs}, {''.join(f'{i.name}2, ' for i in epi_inputs)}y2,",
         f"        {', '.join(call + ['M', 'N', 'K', 'max_block or 1 << 30'] + _scalar_call(g))},",
         f"        FP32_DOT=_fp32_dot({lhs}, {rhs}))",
         "    return y",

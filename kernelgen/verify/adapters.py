@@ -78,6 +78,34 @@ def aten_expected(overload: str, args: list[Any]) -> tuple:
         return as_tuple(aten_op(overload)(*upcast(list(args))))
 
 
+def aten_dtypes(overload: str, args: list[Any], device: str) -> tuple:
+    """The output dtypes ATen gives a model for these arguments on `device` (no upcast). On the CPU, its CPU
+    kernels' where they compute them (a CPU float16 layer norm returns float16 statistics); elsewhere, or
+    where the CPU kernels refuse (half_to_float), its meta kernels', which follow the GPU's conventions."""
+    def dtypes(out) -> tuple:
+        return tuple(o.dtype for o in (out if isinstance(out, (tuple, list)) else (out,))
+                     if isinstance(o, torch.Tensor))
+
+    if device == "cpu":
+        try:
+            with torch.no_grad():
+                return dtypes(aten_op(overload)(*[a.detach().clone() if isinstance(a, torch.Tensor) else a
+                                                  for a in args]))
+        except (RuntimeError, NotImplementedError):
+            pass
+    meta = [torch.empty_like(a, device="meta") if isinstance(a, torch.Tensor) else a for a in args]
+    return dtypes(aten_op(overload)(*meta))
+
+
+def with_arg(overload: str, args: list[Any], name: str, value: Any, typ: str) -> list[Any] | None:
+    """`args` with the positional argument `name` (of schema type `typ`) set to `value`; None when the op has
+    no such argument among `args`, or it already has that value."""
+    for k, arg in enumerate(aten_op(overload)._schema.arguments[:len(args)]):
+        if arg.name == name and str(arg.type) == typ:
+            return None if args[k] == value else args[:k] + [value] + args[k + 1:]
+    return None
+
+
 def call_with_adapter(overload: str, adapter, backend, args: list[Any]) -> tuple[Any, int, int]:
     """Call the ATen op through the dispatcher with `adapter` registered on the backend's key (and its
     autograd key for composite ops, as `kernelgen.enable()` does). Returns (outputs, calls the adapter

@@ -61,8 +61,9 @@ def verify_folder(
     op = load_op(folder)
     name = folder.name
     base: dict[str, Any] = dict(candidate=candidate or name, sandboxed=sandbox, trusted_reference=trusted_reference)
-    if op.broken:
-        return Verdict.fail(name, backend_name, "static", op.error, **base), False
+    if op.broken:  # a spec.toml that does not validate is the spec's failure; a missing kernel.py, static
+        check = "spec" if (folder / "kernel.py").is_file() else "static"
+        return Verdict.fail(name, backend_name, check, op.error, **base), False
     spec = op.spec
     base["source_hash"] = op.source_hash(backend_name)
     base["tolerances"] = specrules.widened(spec)
@@ -141,7 +142,8 @@ def verify_folder(
     outcome = compare.compare(spec, be.device, calls, groups, results, refs, out_dtypes)
     if outcome.passed:
         try:
-            compare.adapter_calls(spec, adapter_calls, {r["id"]: r for r in results}, dtypes, outcome)
+            compare.adapter_calls(spec, adapter_calls, {r["id"]: r for r in results}, dtypes, outcome,
+                                  be.device)
         except compare.Failed as exc:
             outcome.check, outcome.message = exc.check, exc.message
     if outcome.passed and stage == "performance":

@@ -7,7 +7,8 @@ sees inputs only: reference outputs, tolerances and the verdict stay in the pare
 
 Cases per dtype: the spec's test shapes; then, from the first test shape, strided rows, transposed inputs
 (a column stride other than 1), several leading dims, large magnitudes, an all-zero and a constant row,
-one row, a non-power-of-two row, a row longer than one block, zero rows and zero columns. Every case has
+one row, a non-power-of-two row, a row longer than one block (with a small max_block, and with the launcher's
+own defaults), zero rows and zero columns. Every case has
 `trials` fresh seeds, alternately under the guard and without it (a kernel must not tell a verification
 run from production); the launcher is called with its own defaults except in the long-row case.
 """
@@ -18,9 +19,11 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from kernelgen.backends.base import Backend
 from kernelgen.spec import OpSpec
-from kernelgen.verify.adapters import ADAPTER_DTYPES, AtenCallError, aten_args
+from kernelgen.verify.adapters import ADAPTER_DTYPES, AtenCallError, aten_args, with_arg
 from kernelgen.verify.inputs import edge_shapes, make_inputs, nd_applies
 
 INTERPRETER_LONG_ROW_BLOCK = 1024  # the interpreter is slow: a smaller block limit keeps "long row" cheap
@@ -42,6 +45,7 @@ class Call:
     same_as: int | None = None  # run on the device inputs of that call (repeated calls)
     overload: str = ""  # adapter calls: the ATen overload and the adapter's name in kernel.py
     adapter: str = ""
+    expect_args: list[Any] | None = None  # adapter calls whose expected values ATen computes from other arguments
     trial: int = 0
 
     @property
@@ -87,6 +91,10 @@ def cases(spec: OpSpec, backend: Backend, block_kwargs: dict[str, Any]) -> list[
         if label == "longer than one block":
             case["kwargs"] = dict(block_kwargs)
         out.append(case)
+        if label == "longer than one block" and block_kwargs:
+            # Production calls pass no max_block: the launcher's own choice must take long rows too.
+            wide = {**dims, spec.col_dim: 2 * min(backend.max_block_size, 16384) + 37}
+            out.append(dict(label="longer than one block, launcher defaults", dims=wide))
     if spec.col_dim in base:
         # A reduction over zero elements has no agreed value (NaN, -inf, an error): refusing it is fine.
         out.append(dict(label="zero columns", dims={**base, spec.col_dim: 0}, optional=True, refusable=True))
@@ -159,4 +167,35 @@ def adapter_calls(spec: OpSpec, backend: Backend, seed: int, module_names: set[s
             calls.append(Call(id=start + len(calls), case=f"adapter {ov.adapter} ghost replay", dtype=dtype,
                               dims=dims, seed=seed + 17, args=list(args), overload=ov.overload, adapter=ov.adapter,
                               ghost=True))
+            first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+            other_dim = with_arg(ov.overload, args, "dim", 0, "int") if first is not None and first.dim() > 1 else None
+            if other_dim is not None:
+                # A model may reduce over another dim: the adapter must serve it right or hand it back to ATen.
+                calls.append(Call(id=start + len(calls), case=f"adapter {ov.adapter} via {ov.overload}, dim=0",
+                                  dtype=dtype, dims=dims, seed=seed + 17, args=other_dim, overload=ov.overload,
+                                  adapter=ov.adapter))
+            half = with_arg(ov.overload, args, "half_to_float", True, "bool") if dtype == "float16" else None
+            if half is not None:
+                # A model's float16 softmax may ask for a float32 result; the flag changes the output dtype
+                # only, so the values expected are ATen's without it (its CPU kernels refuse the flag).
+                calls.append(Call(id=start + len(calls), case=f"adapter {ov.adapter} via {ov.overload}, "
+                                  "half_to_float", dtype=dtype, dims=dims, seed=seed + 17, args=half,
+                                  overload=ov.overload, adapter=ov.adapter, expect_args=args))
+            moved = _other_floats(spec, inputs)
+            if moved is not None:
+                # A model passes its own eps/scale: an adapter that drops one (the launcher's default is then
+                # used) agrees with ATen at the spec's value and only shows with another one. It comes after
+                # the ghost replay, which is compared with the first call.
+                calls.append(Call(id=start + len(calls), case=f"adapter {ov.adapter} via {ov.overload}, "
+                                  "other float arguments", dtype=dtype, dims=dims, seed=seed + 17,
+                                  args=aten_args(spec, ov.overload, moved), overload=ov.overload,
+                                  adapter=ov.adapter))
     return calls, problems
+
+
+def _other_floats(spec: OpSpec, inputs: list[Any]) -> list[Any] | None:
+    """The inputs with every float scalar moved well away from the spec's value (4 v + 0.25: an eps of 1e-6
+    becomes about 0.25, a scale of 0.125 becomes 0.75), or None when the spec has no float scalar."""
+    if not any(i.kind == "float" for i in spec.inputs):
+        return None
+    return [4 * a + 0.25 if i.kind == "float" else a for a, i in zip(inputs, spec.inputs)]

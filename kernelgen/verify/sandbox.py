@@ -107,10 +107,13 @@ def require_sandbox(backend: str) -> None:
 
 
 def static_verdict(folder: Path, backend: str, candidate: str = "") -> Verdict | None:
-    """A "static" failing verdict when the op folder is broken or its code fails the static check."""
+    """A failing verdict before anything runs: "spec" when spec.toml does not validate, "static" when kernel.py
+    is missing or its code (or the reference) fails the static check."""
     op = load_op(folder)
     if op.broken:
-        return Verdict.fail(folder.name, backend, "static", op.error, candidate=candidate or folder.name)
+        # a spec.toml that does not validate is the spec's failure; a missing kernel.py, static
+        check = "spec" if (folder / "kernel.py").is_file() else "static"
+        return Verdict.fail(folder.name, backend, check, op.error, candidate=candidate or folder.name)
     assert op.spec is not None
     kernel = op.kernel_path_for(backend)
     problem = check_source(kernel.read_text(), str(kernel.relative_to(folder)))

@@ -53,7 +53,8 @@ TORCH_KERNEL_ATTRS = frozenset({
 })
 TRITON_ATTRS = frozenset({"jit", "autotune", "Config", "heuristics", "cdiv", "next_power_of_2", "language",
                           "constexpr"})
-FUNCTOOLS_ATTRS = frozenset({"lru_cache", "cache", "partial", "wraps", "reduce"})
+# Not lru_cache/cache: a cached function returning a list or dict is state between calls.
+FUNCTOOLS_ATTRS = frozenset({"partial", "wraps", "reduce"})
 # What a reference may not reach under torch (the rest of torch's public compute is fine).
 TORCH_REFERENCE_BLOCKED = frozenset({
     "library", "ops", "utils", "compile", "cuda", "backends", "load", "save", "hub", "jit", "package",
@@ -109,8 +110,7 @@ class _Checker(ast.NodeVisitor):
                 targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
                 if not all(isinstance(t, (ast.Name, ast.Tuple)) for t in targets):
                     self._flag(stmt, "module level may assign names only")
-                if isinstance(stmt.value, (ast.Dict, ast.Set, ast.DictComp, ast.SetComp)) or (
-                        isinstance(stmt.value, ast.List) and not _config_list(stmt.value)):
+                if stmt.value is not None and _holds_mutable(stmt.value):
                     self._flag(stmt, "a mutable constant (list, dict, set) at module level is not allowed: use a "
                                "tuple (module-level state would let calls differ)")
                 for call in (c for c in ast.walk(stmt.value) if isinstance(c, ast.Call)) if stmt.value else ():
@@ -380,10 +380,22 @@ def _assigned_names(stmt: ast.stmt) -> list[str]:
     return []
 
 
+def _holds_mutable(node: ast.AST) -> bool:
+    """A list, dict or set literal anywhere in a module-level value (`_S = ([],)` is state as much as
+    `_S = []`), except a list of autotuning configs; the arguments of calls are judged with the call."""
+    if isinstance(node, (ast.Dict, ast.Set, ast.DictComp, ast.SetComp, ast.ListComp)):
+        return True
+    if isinstance(node, ast.List):
+        return not _config_list(node)
+    if isinstance(node, ast.Call):
+        return False
+    return any(_holds_mutable(child) for child in ast.iter_child_nodes(node))
+
+
 def _config_list(node: ast.List) -> bool:
     """A module-level list of autotuning configs: `[triton.Config(...), ...]`."""
-    return all(isinstance(e, ast.Call) and isinstance(e.func, ast.Attribute) and e.func.attr == "Config"
-               for e in node.elts)
+    return bool(node.elts) and all(
+        isinstance(e, ast.Call) and isinstance(e.func, ast.Attribute) and e.func.attr == "Config" for e in node.elts)
 
 
 def _check(source: str, filename: str, reference: bool) -> str | None:

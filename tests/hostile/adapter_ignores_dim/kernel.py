@@ -47,10 +47,12 @@ def _leading(x):
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def softmax(x):
+def softmax(x, dim=-1):
     """Softmax over the last dim of x (any rank >= 1, any strides)."""
     if x.dtype not in FLOAT_DTYPES or x.dim() == 0:
         raise TypeError(f"softmax: x must be a float tensor with at least one dim, got {x.dtype}")
+    if dim % x.dim() != x.dim() - 1:
+        raise ValueError(f"softmax: only the last dim is supported, got dim={dim}")
     N = x.shape[-1]
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if y.numel() == 0:
