@@ -18,6 +18,13 @@ def _bench_ms(fn, quick) -> float:
     return float(do_bench(fn, warmup=25 if quick else 100, rep=100 if quick else 400, return_mode="median"))
 
 
+def _max_err(out, ref) -> float:
+    """Largest absolute difference of an output (or a tuple of them) from the reference's, in float32."""
+    if isinstance(out, tuple):
+        return max(_max_err(o, r) for o, r in zip(out, ref))
+    return (out.float() - ref.float()).abs().max().item()
+
+
 def copy_bandwidth(quick) -> float:
     """Bytes per second of a 1 GiB device copy (read + write)."""
     import torch
@@ -95,14 +102,19 @@ def _cases(tiny):
 
 DEADLINE: float | None = None  # time.time() past which the remaining sweep points are skipped
 
-# Launch constants to sweep, per op: (module attribute, values). Each value is tried alone, the others at
-# their defaults.
+# Launch constants to sweep, per op: points, each a set of module attributes tried together (the others at
+# their defaults). Softmax rows of 32K: kept in registers (MAX_FUSED_N 32768) at 16/32/64 values per thread
+# (64/32/16 warps, capped at 32), against the two-pass loop (MAX_FUSED_N 16384). Rotary: tokens per program.
+_ROWS = [{"MAX_FUSED_N": 32768, "FUSED_ELEMS_PER_THREAD": 32}, {"MAX_FUSED_N": 32768, "FUSED_ELEMS_PER_THREAD": 64},
+         {"MAX_FUSED_N": 32768, "FUSED_ELEMS_PER_THREAD": 128}, {"MAX_FUSED_N": 16384},
+         {"MAX_FUSED_N": 16384, "LOOP_BLOCK_N": 8192, "LOOP_ELEMS_PER_THREAD": 8}]
 SWEEPS = {
-    "softmax": {"LOOP_BLOCK_N": [4096, 8192, 16384], "LOOP_ELEMS_PER_THREAD": [8, 16, 32],
-                "MAX_FUSED_N": [16384, 32768]},
-    "log_softmax": {"LOOP_BLOCK_N": [4096, 8192, 16384], "LOOP_ELEMS_PER_THREAD": [8, 16, 32],
-                    "MAX_FUSED_N": [16384, 32768]},
-    "rotary_embedding": {"TILE_MIN": [256, 512, 1024, 2048], "MAX_WARPS": [2, 4, 8]},
+    "softmax": _ROWS,
+    "log_softmax": _ROWS,
+    "rotary_embedding": [{"TOKENS_PER_PROGRAM": t, "MAX_WARPS": w, "TILE_MAX": 8192}
+                         for t in (1, 2, 4, 8, 16) for w in (4, 8)]
+                        + [{"TOKENS_PER_PROGRAM": 4, "TILE_MIN": 256}, {"TOKENS_PER_PROGRAM": 8, "TILE_MIN": 1024,
+                                                                        "TILE_MAX": 8192}],
 }
 
 
@@ -122,6 +134,8 @@ def part_kernels(device, backend, tiny, quick) -> dict:
                 ms = _bench_ms(case[mode], quick)
                 row[mode] = {"ms": ms, "fraction_of_copy": case["bytes"] / (ms * 1e-3) / bw}
         fn, args = case["ref"]
+        expected = fn(*args)
+        row["ours"]["max_abs_err_vs_eager"] = _max_err(case["ours"](), expected)
         torch._dynamo.reset()
         compiled = torch.compile(fn)
         ms = _bench_ms(lambda compiled=compiled, args=args: compiled(*args), quick)
@@ -130,21 +144,23 @@ def part_kernels(device, backend, tiny, quick) -> dict:
             row["liger_note"] = case["liger_note"]
         module = get_op(name).module("cuda")
         sweep = []
-        for attr, values in SWEEPS[name].items():
-            if not hasattr(module, attr):
+        for point in SWEEPS[name]:
+            if any(not hasattr(module, attr) for attr in point):
                 continue
-            default = getattr(module, attr)
-            for value in values:
-                if DEADLINE is not None and time.time() > DEADLINE:
-                    sweep.append({attr: value, "skipped": "time budget of the part spent"})
-                    continue
+            if DEADLINE is not None and time.time() > DEADLINE:
+                sweep.append({**point, "skipped": "time budget of the part spent"})
+                continue
+            defaults = {attr: getattr(module, attr) for attr in point}
+            for attr, value in point.items():
                 setattr(module, attr, value)
-                try:
-                    ms = _bench_ms(case["ours"], quick)
-                    sweep.append({attr: value, "ms": ms, "fraction_of_copy": case["bytes"] / (ms * 1e-3) / bw,
-                                  "default": value == default})
-                finally:
-                    setattr(module, attr, default)
+            try:
+                err = _max_err(case["ours"](), expected)
+                ms = _bench_ms(case["ours"], quick)
+                sweep.append({**point, "ms": ms, "fraction_of_copy": case["bytes"] / (ms * 1e-3) / bw,
+                              "max_abs_err_vs_eager": err, "default": point == defaults})
+            finally:
+                for attr, value in defaults.items():
+                    setattr(module, attr, value)
         row["sweep"] = sweep
         out["ops"][name] = row
         print(f"kernels {name}: " + ", ".join(f"{m} {row[m]['fraction_of_copy']:.3f}" for m in
