@@ -43,12 +43,12 @@ def best_us(fns: dict, calls=2000, rounds=5) -> dict:
     return best
 
 
-def pieces(op_name, module, kernel_name, eager, call, raw_args_fn):
+def pieces(op_name, kernel_name, eager, call, raw_args_fn):
     """The cost of each piece of the cached launch of `kernel_name` for the call `call`."""
     import kernelgen
     from kernelgen import launch
 
-    jit = getattr(module, kernel_name)
+    jit = call.fn.__globals__[kernel_name]  # the kernel the launcher launches (its module's)
     call()
     torch.cuda.synchronize()
     cache = jit.launch_cache()
@@ -80,8 +80,21 @@ def pieces(op_name, module, kernel_name, eager, call, raw_args_fn):
         "compiled launcher alone": lambda: entry.run(grid[0], 1, 1, stream, entry.function, entry.metadata,
                                                      None, None, None, *full_args),
         "_launch (key+lookup+launch)": lambda: jit[grid](*args, **kwargs),
+        "jit[grid] alone (partial)": lambda: jit[grid],
         "torch.empty_like": lambda: torch.empty_like(call.args[0]),
     }
+    run = entry.run
+    if getattr(run, "global_scratch_size", 1) == 0 and getattr(run, "profile_scratch_size", 1) == 0:
+        # Triton 3.6's launcher.__call__ without its Python (no scratch to allocate): the C launch alone
+        def c_launch():
+            run.launch(grid[0], 1, 1, stream, entry.function, run.launch_cooperative_grid, run.launch_pdl,
+                       None, None, entry.metadata, None, None, None, *full_args)
+        try:
+            c_launch()
+            torch.cuda.synchronize()
+            fns["C launch alone (3.6 layout)"] = c_launch
+        except Exception as exc:  # noqa: BLE001 - another Triton's layout
+            print(f"C launch alone: {type(exc).__name__}: {exc}")
     return best_us(fns)
 
 
@@ -111,13 +124,12 @@ def main() -> None:
     y = torch.empty_like(x)
     result = {"triton": triton.__version__, "torch": torch.__version__, "device": torch.cuda.get_device_name(),
               "shape": [M, N], "ops": {}}
-    rms_mod, soft_mod = get_op("rms_norm").module("cuda"), get_op("softmax").module("cuda")
     rms_call = Call(get_op("rms_norm").launcher("cuda"), x, w, 1e-6)
     soft_call = Call(get_op("softmax").launcher("cuda"), x)
     rows = {
-        "rms_norm": pieces("rms_norm", rms_mod, "_rms_norm_row", lambda: F.rms_norm(x, (N,), w, 1e-6), rms_call,
+        "rms_norm": pieces("rms_norm", "_rms_norm_row", lambda: F.rms_norm(x, (N,), w, 1e-6), rms_call,
                            lambda: ((M,), (x, w, y, N, 1, N, N, 1e-6))),
-        "softmax": pieces("softmax", soft_mod, "_softmax_row", lambda: F.softmax(x, -1), soft_call,
+        "softmax": pieces("softmax", "_softmax_row", lambda: F.softmax(x, -1), soft_call,
                           lambda: ((M,), (x, y, N, 1, N))),
     }
     for op, row in rows.items():

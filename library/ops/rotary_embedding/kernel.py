@@ -38,18 +38,21 @@ MAX_WARPS = 8
 
 
 @triton.jit
-def _rotate_heads(x_ptr, out_ptr, cos, sin, tokens, token_mask, head_start, H, R, stride_t, stride_h, stride_d,
-                  BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr):
-    # [tokens, heads, dims] tiles; cos and sin are [tokens, 1, dims].
+def _rotate_heads(x_ptr, out_ptr, cos, sin, first_token, tokens, token_mask, head_start, H, R,
+                  stride_t, stride_h, stride_d, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr):
+    # [tokens, heads, dims] tiles; cos and sin are [tokens, 1, dims]. The program's first token moves the
+    # base pointers (one int64 scalar); offsets within the program's tokens are int32 vectors, so the
+    # per-element address arithmetic stays in 32 bits.
     heads = head_start + tl.arange(0, BLOCK_H)
     dims = tl.arange(0, BLOCK_R)
     mask = token_mask[:, None, None] & (heads[None, :, None] < H) & (dims[None, None, :] < R)
-    # Token offsets are int64; offsets inside one token stay small.
-    x1_ptrs = (x_ptr + tokens[:, None, None] * stride_t + heads[None, :, None] * stride_h
+    x1_ptrs = (x_ptr + first_token * stride_t + tokens[:, None, None] * stride_t + heads[None, :, None] * stride_h
                + dims[None, None, :] * stride_d)
     x1 = tl.load(x1_ptrs, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(x1_ptrs + R * stride_d, mask=mask, other=0.0).to(tl.float32)
-    out_ptrs = out_ptr + tokens[:, None, None] * (H * 2 * R) + heads[None, :, None] * (2 * R) + dims[None, None, :]
+    row = H * 2 * R
+    out_ptrs = (out_ptr + first_token * row + tokens[:, None, None] * row + heads[None, :, None] * (2 * R)
+                + dims[None, None, :])
     tl.store(out_ptrs, (x1 * cos - x2 * sin).to(out_ptr.dtype.element_ty), mask=mask)
     tl.store(out_ptrs + R, (x2 * cos + x1 * sin).to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -59,21 +62,22 @@ def _rotary_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, q_out_ptr, k_out_ptr, T, Hq, 
                    stride_qt, stride_qh, stride_qd, stride_kt, stride_kh, stride_kd,
                    stride_ct, stride_cd, stride_st, stride_sd,
                    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr):
-    tokens = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
-    token_mask = tokens < T
+    first_token = tl.program_id(0).to(tl.int64) * BLOCK_T
+    tokens = tl.arange(0, BLOCK_T)
+    token_mask = tokens < T - first_token
     block = tl.program_id(1)
     dims = tl.arange(0, BLOCK_R)
     table_mask = token_mask[:, None] & (dims[None, :] < R)
-    cos = tl.load(cos_ptr + tokens[:, None] * stride_ct + dims[None, :] * stride_cd, mask=table_mask,
-                  other=0.0).to(tl.float32)[:, None, :]
-    sin = tl.load(sin_ptr + tokens[:, None] * stride_st + dims[None, :] * stride_sd, mask=table_mask,
-                  other=0.0).to(tl.float32)[:, None, :]
+    cos = tl.load(cos_ptr + first_token * stride_ct + tokens[:, None] * stride_ct + dims[None, :] * stride_cd,
+                  mask=table_mask, other=0.0).to(tl.float32)[:, None, :]
+    sin = tl.load(sin_ptr + first_token * stride_st + tokens[:, None] * stride_st + dims[None, :] * stride_sd,
+                  mask=table_mask, other=0.0).to(tl.float32)[:, None, :]
     if block < q_blocks:
-        _rotate_heads(q_ptr, q_out_ptr, cos, sin, tokens, token_mask, block * BLOCK_H, Hq, R,
+        _rotate_heads(q_ptr, q_out_ptr, cos, sin, first_token, tokens, token_mask, block * BLOCK_H, Hq, R,
                       stride_qt, stride_qh, stride_qd, BLOCK_H, BLOCK_R)
     else:
-        _rotate_heads(k_ptr, k_out_ptr, cos, sin, tokens, token_mask, (block - q_blocks) * BLOCK_H, Hk, R,
-                      stride_kt, stride_kh, stride_kd, BLOCK_H, BLOCK_R)
+        _rotate_heads(k_ptr, k_out_ptr, cos, sin, first_token, tokens, token_mask, (block - q_blocks) * BLOCK_H,
+                      Hk, R, stride_kt, stride_kh, stride_kd, BLOCK_H, BLOCK_R)
 
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
