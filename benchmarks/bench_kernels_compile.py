@@ -103,17 +103,14 @@ def _cases(tiny):
 DEADLINE: float | None = None  # time.time() past which the remaining sweep points are skipped
 
 # Launch constants to sweep, per op: points, each a set of module attributes tried together (the others at
-# their defaults). Softmax rows of 32K: the two-pass loop (MAX_FUSED_N 16384), one row in registers per
-# program, the persistent pipelined kernel (stages, values per thread, programs per SM). Rotary: tokens per
-# program and warps.
-_ROWS = [{"MAX_FUSED_N": 16384}, {"PIPELINE_STAGES": 0},
-         {"PIPELINE_STAGES": 2}, {"PIPELINE_STAGES": 3}, {"PIPELINE_STAGES": 2, "FUSED_ELEMS_PER_THREAD": 64},
-         {"PIPELINE_STAGES": 3, "FUSED_ELEMS_PER_THREAD": 64}, {"PIPELINE_STAGES": 2, "PROGRAMS_PER_SM": 2}]
+# their defaults). Softmax rows of 32K: in registers at 32 or 64 values per thread, or the two-pass loop
+# (MAX_FUSED_N 16384). Rotary: the smallest head block and the warps.
+_ROWS = [{"FUSED_ELEMS_PER_THREAD": 32}, {"FUSED_ELEMS_PER_THREAD": 64}, {"MAX_FUSED_N": 16384}]
 SWEEPS = {
     "softmax": _ROWS,
     "log_softmax": _ROWS,
-    "rotary_embedding": [{"TOKENS_PER_PROGRAM": t, "MAX_WARPS": w, "TILE_MAX": 8192}
-                         for t in (1, 2, 4, 8) for w in (2, 4, 8)] + [{"TOKENS_PER_PROGRAM": 4, "TILE_MIN": 256}],
+    "rotary_embedding": [{"TILE_MIN": 256}, {"TILE_MIN": 512}, {"TILE_MIN": 256, "MAX_WARPS": 4},
+                         {"TILE_MIN": 256, "MAX_WARPS": 2}],
 }
 
 

@@ -10,9 +10,10 @@ back after every step) and the same decode step captured in a CUDA graph and rep
 Modes (eager first: the float32 reference logits it computes are shared with the others through a file):
 - eager: the model as built;
 - patch: kernelgen.patch(model) (RMSNorm, residual+norm, SwiGLU, RoPE; the loss is not in these phases);
+- liger: Liger-Kernel's apply_liger_kernel_to_llama / _qwen2 on this model instance (rms_norm, swiglu, rope);
 - gems: FlagGems `use_gems()` (if importable); when it fails (a broadcasting mul crashed on Hopper with an
-  illegal memory access), again in a fresh process with `mul` excluded, and the first failure is recorded;
-- liger: Liger-Kernel's apply_liger_kernel_to_llama / _qwen2 on this model instance (rms_norm, swiglu, rope).
+  illegal memory access), again in a fresh process with `mul` excluded, and the first failure is recorded
+  (for a later model of the same run, straight to the retry).
 
 Every (model, mode) runs in its own subprocess: a kernel that faults poisons its CUDA context, and with it
 every later mode of the same process; in a subprocess the fault is that mode's reported error only.
@@ -47,7 +48,7 @@ TINY = dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_
             intermediate_size=128, vocab_size=128, max_position_embeddings=64, rms_norm_eps=1e-5)
 CLASSES = {"llama": ("LlamaConfig", "LlamaForCausalLM", "apply_liger_kernel_to_llama"),
            "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", "apply_liger_kernel_to_qwen2")}
-MODES = ("eager", "patch", "gems", "liger")
+MODES = ("eager", "patch", "liger", "gems")  # gems last: the slowest to compile, and it faults
 DEADLINE: float | None = None  # time.time() past which the remaining modes are skipped (set by the caller)
 STEPS = 20  # back-to-back decode steps per timing
 GEMS_FAILED: list = []  # [model, error] once use_gems() failed in this run

@@ -58,6 +58,7 @@ def pieces(op_name, kernel_name, eager, call, raw_args_fn):
     device = key[0]
     stream = get_stream(device)
     constexpr = jit._kg_constexpr
+    keyfn = launch.key_function(constexpr, len(args))
     # The keyword arguments of the launch are the (name, value) pairs at the end of its key.
     kwargs = dict(p for p in key if type(p) is tuple and len(p) == 2 and type(p[0]) is str)
     full_args = args + tuple(kwargs.get(name, default) for name, default in entry.tail)
@@ -74,7 +75,8 @@ def pieces(op_name, kernel_name, eager, call, raw_args_fn):
         "no_launch context alone": lambda: launch.no_launch().__enter__(),
         "get_device": get_device,
         "get_stream": lambda: get_stream(device),
-        "specialization_key": lambda: launch.specialization_key(constexpr, args, kwargs, device),
+        "specialization_key (generic loop)": lambda: launch.specialization_key(constexpr, args, kwargs, device),
+        "generated key function": lambda: keyfn(args, kwargs, device),
         "cache lookup": lambda: cache.get(key),
         "fallback checks": lambda: (launch._hooks_active(), launch._counted()),
         "compiled launcher alone": lambda: entry.run(grid[0], 1, 1, stream, entry.function, entry.metadata,

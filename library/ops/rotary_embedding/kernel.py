@@ -3,9 +3,9 @@ out = x * cos_full + rotate_half(x) * sin_full, with rotate_half(x) = cat(-x2, x
 cos_full = cat(cos, cos) per token. With x1, x2 the two halves of each head:
     out1 = x1 * cos - x2 * sin;   out2 = x2 * cos + x1 * sin.
 
-Grid: token blocks x head blocks, the q head blocks first, then the k head blocks. A program loads its
-tokens' cos/sin rows once and rotates BLOCK_H heads of BLOCK_T tokens with them, so q and k are each read
-once and written once and the tables are read once per program. Every tensor may be strided (token, head and element strides); the
+Grid: tokens x head blocks, the q head blocks first, then the k head blocks. A program loads the token's
+cos/sin row once and rotates BLOCK_H heads with it, so q and k are each read once and written once and the
+tables are read once per program. Every tensor may be strided (token, head and element strides); the
 outputs are contiguous. Arithmetic is in float32; results are cast once at the store.
 """
 
@@ -23,61 +23,52 @@ def _next_power_of_2(n: int) -> int:
 def _cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
 
-# Tile of one program: BLOCK_T tokens x BLOCK_H heads x BLOCK_R half-dim elements, at most TILE_MAX (per
-# half). BLOCK_H is the head count of the smaller of q and k (a power of two, within the tile): q and k blocks
-# are then the same size and none is mostly masked. With one tile sized for q's 32 heads, a k of 8 heads (GQA)
-# had 3/4 of its lanes idle and q programs did 4x the work of k programs: 0.78 of copy bandwidth at 16K
-# tokens. A head block is never smaller than TILE_MIN elements per half (MQA, tiny heads). One token per
-# program (8 heads x 64 for Llama, 2 KB per half) measured 0.82-0.84 of copy bandwidth on an H200: programs
-# that small spend much of their time starting and waiting; TOKENS_PER_PROGRAM tokens share one program (and
-# load their cos/sin rows once for all their heads).
-TILE_MAX = 4096
-TILE_MIN = 512
-TOKENS_PER_PROGRAM = 4
+# Tile of one program: BLOCK_H heads x BLOCK_R half-dim elements, at most TILE_MAX (per half). BLOCK_H is
+# the head count of the smaller of q and k (a power of two, within the tile): q and k blocks are then the
+# same size and none is mostly masked. With one tile sized for q's 32 heads, a k of 8 heads (GQA) had 3/4
+# of its lanes idle and q programs did 4x the work of k programs: 0.78 of copy bandwidth at 16K tokens.
+# For Llama's 32/8 heads and D = 128 a program now rotates 8 heads (2 KB of bf16 per half) with 2 warps,
+# 16 bytes per thread per load, and a token takes 4 + 1 programs. A head block is never smaller than
+# TILE_MIN elements per half (MQA, tiny heads). On an H200 at 16K tokens, TILE_MIN 256 measured 0.842 of
+# copy bandwidth and 512 0.837; programs of several tokens each (a [tokens, heads, dims] tile, 1 to 8
+# tokens, 2 to 8 warps) measured 0.77 in two other runs, so a program stays one token.
+TILE_MAX = 2048
+TILE_MIN = 256
 MAX_WARPS = 8
 
 
 @triton.jit
-def _rotate_heads(x_ptr, out_ptr, cos, sin, first_token, tokens, token_mask, head_start, H, R,
-                  stride_t, stride_h, stride_d, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr):
-    # [tokens, heads, dims] tiles; cos and sin are [tokens, 1, dims]. The program's first token moves the
-    # base pointers (one int64 scalar); offsets within the program's tokens are int32 vectors, so the
-    # per-element address arithmetic stays in 32 bits.
+def _rotate_heads(x_ptr, out_ptr, cos, sin, token, head_start, H, R, stride_t, stride_h, stride_d,
+                  BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr):
     heads = head_start + tl.arange(0, BLOCK_H)
     dims = tl.arange(0, BLOCK_R)
-    mask = token_mask[:, None, None] & (heads[None, :, None] < H) & (dims[None, None, :] < R)
-    x1_ptrs = (x_ptr + first_token * stride_t + tokens[:, None, None] * stride_t + heads[None, :, None] * stride_h
-               + dims[None, None, :] * stride_d)
+    mask = (heads[:, None] < H) & (dims[None, :] < R)
+    # The token offset is int64; offsets inside one token stay small.
+    x1_ptrs = x_ptr + token * stride_t + heads[:, None] * stride_h + dims[None, :] * stride_d
     x1 = tl.load(x1_ptrs, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(x1_ptrs + R * stride_d, mask=mask, other=0.0).to(tl.float32)
-    row = H * 2 * R
-    out_ptrs = (out_ptr + first_token * row + tokens[:, None, None] * row + heads[None, :, None] * (2 * R)
-                + dims[None, None, :])
+    out_ptrs = out_ptr + token * H * 2 * R + heads[:, None] * (2 * R) + dims[None, :]
     tl.store(out_ptrs, (x1 * cos - x2 * sin).to(out_ptr.dtype.element_ty), mask=mask)
     tl.store(out_ptrs + R, (x2 * cos + x1 * sin).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _rotary_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, q_out_ptr, k_out_ptr, T, Hq, Hk, R, q_blocks,
+def _rotary_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, q_out_ptr, k_out_ptr, Hq, Hk, R, q_blocks,
                    stride_qt, stride_qh, stride_qd, stride_kt, stride_kh, stride_kd,
                    stride_ct, stride_cd, stride_st, stride_sd,
-                   BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr):
-    first_token = tl.program_id(0).to(tl.int64) * BLOCK_T
-    tokens = tl.arange(0, BLOCK_T)
-    token_mask = tokens < T - first_token
+                   BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr):
+    token = tl.program_id(0).to(tl.int64)
     block = tl.program_id(1)
     dims = tl.arange(0, BLOCK_R)
-    table_mask = token_mask[:, None] & (dims[None, :] < R)
-    cos = tl.load(cos_ptr + first_token * stride_ct + tokens[:, None] * stride_ct + dims[None, :] * stride_cd,
-                  mask=table_mask, other=0.0).to(tl.float32)[:, None, :]
-    sin = tl.load(sin_ptr + first_token * stride_st + tokens[:, None] * stride_st + dims[None, :] * stride_sd,
-                  mask=table_mask, other=0.0).to(tl.float32)[:, None, :]
+    dmask = dims < R
+    cos = tl.load(cos_ptr + token * stride_ct + dims * stride_cd, mask=dmask, other=0.0).to(tl.float32)[None, :]
+    sin = tl.load(sin_ptr + token * stride_st + dims * stride_sd, mask=dmask, other=0.0).to(tl.float32)[None, :]
     if block < q_blocks:
-        _rotate_heads(q_ptr, q_out_ptr, cos, sin, first_token, tokens, token_mask, block * BLOCK_H, Hq, R,
-                      stride_qt, stride_qh, stride_qd, BLOCK_H, BLOCK_R)
+        _rotate_heads(q_ptr, q_out_ptr, cos, sin, token, block * BLOCK_H, Hq, R, stride_qt, stride_qh, stride_qd,
+                      BLOCK_H, BLOCK_R)
     else:
-        _rotate_heads(k_ptr, k_out_ptr, cos, sin, first_token, tokens, token_mask, (block - q_blocks) * BLOCK_H,
-                      Hk, R, stride_kt, stride_kh, stride_kd, BLOCK_H, BLOCK_R)
+        _rotate_heads(k_ptr, k_out_ptr, cos, sin, token, (block - q_blocks) * BLOCK_H, Hk, R,
+                      stride_kt, stride_kh, stride_kd, BLOCK_H, BLOCK_R)
 
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -126,11 +117,9 @@ def rotary_embedding(q, k, cos, sin, *, max_block=None):
     # the larger head count and the tile.
     wanted = max(_next_power_of_2(smaller), TILE_MIN // block_r)
     block_h = max(1, min(wanted, _next_power_of_2(max(Hq, Hk)), tile // block_r))
-    # Tokens per program: up to TOKENS_PER_PROGRAM, within the tile, never more than there are tokens.
-    block_t = max(1, min(TOKENS_PER_PROGRAM, tile // (block_h * block_r), _next_power_of_2(T)))
     q_blocks, k_blocks = _cdiv(Hq, block_h), _cdiv(Hk, block_h)
-    num_warps = max(1, min(MAX_WARPS, block_t * block_h * block_r * q.element_size() // (16 * 32)))
-    _rotary_kernel[(_cdiv(T, block_t), q_blocks + k_blocks)](
-        q, k, cos, sin, q_out, k_out, T, Hq, Hk, R, q_blocks, *q.stride(), *k.stride(), *cos.stride(),
-        *sin.stride(), BLOCK_T=block_t, BLOCK_H=block_h, BLOCK_R=block_r, num_warps=num_warps)
+    num_warps = max(1, min(MAX_WARPS, block_h * block_r * q.element_size() // (16 * 32)))
+    _rotary_kernel[(T, q_blocks + k_blocks)](
+        q, k, cos, sin, q_out, k_out, Hq, Hk, R, q_blocks, *q.stride(), *k.stride(), *cos.stride(), *sin.stride(),
+        BLOCK_H=block_h, BLOCK_R=block_r, num_warps=num_warps)
     return q_out, k_out
