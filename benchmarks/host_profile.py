@@ -61,7 +61,7 @@ def pieces(op_name, kernel_name, eager, call, raw_args_fn):
     keyfn = launch.key_function(constexpr, len(args))
     # The keyword arguments of the launch are the (name, value) pairs at the end of its key.
     kwargs = dict(p for p in key if type(p) is tuple and len(p) == 2 and type(p[0]) is str)
-    full_args = args + tuple(kwargs.get(name, default) for name, default in entry.tail)
+    full_args = args + entry.tail  # the values of the parameters after the positional ones
 
     def no_launch_call():
         with launch.no_launch():
