@@ -232,6 +232,7 @@ def run_mode(family, mode, device, backend, tiny, quick, policy, refs_path: Path
     try:
         logits = {phase: fn() for phase, fn in fns.items()}
         row["errors"] = {phase: errors(logits[phase], references[phase]) for phase in fns}
+        row["logits_finite"] = {phase: bool(torch.isfinite(logits[phase]).all()) for phase in fns}
         row["ms"] = {"prefill": timer(fns["prefill"])}
         row["ms"]["decode"] = steady_ms(fns["decode"]) if cuda else timer(fns["decode"])
         if cuda:
@@ -300,8 +301,9 @@ def run_family(family, device, backend, tiny, quick, policy) -> dict:
                 row["gems_full_failed"] = f"not retried here; on {GEMS_FAILED[0]}: {GEMS_FAILED[1]}"
             else:
                 row = _child(family, mode, args, refs)
-            if mode == "gems" and ("error" in row or "graph_error" in row) and "gems_full_failed" not in row:
-                first = row.get("error") or row.get("graph_error")
+            failed = "error" in row or "graph_error" in row or not all(row.get("logits_finite", {True: True}).values())
+            if mode == "gems" and failed and "gems_full_failed" not in row:
+                first = row.get("error") or row.get("graph_error") or "logits not finite (NaN or inf)"
                 GEMS_FAILED[:] = [family, first[:200]]
                 row = _child(family, mode, args, refs, gems_exclude=("mul",))
                 row["gems_full_failed"] = first

@@ -59,8 +59,8 @@ def pieces(op_name, kernel_name, eager, call, raw_args_fn):
     stream = get_stream(device)
     constexpr = jit._kg_constexpr
     keyfn = launch.key_function(constexpr, len(args))
-    # The keyword arguments of the launch are the (name, value) pairs at the end of its key.
-    kwargs = dict(p for p in key if type(p) is tuple and len(p) == 2 and type(p[0]) is str)
+    # The keyword arguments of the launch: the last group of its key, (name, value) pairs.
+    kwargs = dict(key[-1])
     full_args = args + entry.tail  # the values of the parameters after the positional ones
 
     def no_launch_call():
