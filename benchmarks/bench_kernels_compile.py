@@ -18,6 +18,13 @@ def _bench_ms(fn, quick) -> float:
     return float(do_bench(fn, warmup=25 if quick else 100, rep=100 if quick else 400, return_mode="median"))
 
 
+def _max_err(out, ref) -> float:
+    """Largest absolute difference of an output (or a tuple of them) from the reference's, in float32."""
+    if isinstance(out, tuple):
+        return max(_max_err(o, r) for o, r in zip(out, ref))
+    return (out.float() - ref.float()).abs().max().item()
+
+
 def copy_bandwidth(quick) -> float:
     """Bytes per second of a 1 GiB device copy (read + write)."""
     import torch
@@ -95,14 +102,15 @@ def _cases(tiny):
 
 DEADLINE: float | None = None  # time.time() past which the remaining sweep points are skipped
 
-# Launch constants to sweep, per op: (module attribute, values). Each value is tried alone, the others at
-# their defaults.
+# Launch constants to sweep, per op: points, each a set of module attributes tried together (the others at
+# their defaults). Softmax rows of 32K: in registers at 32 or 64 values per thread, or the two-pass loop
+# (MAX_FUSED_N 16384). Rotary: the smallest head block and the warps.
+_ROWS = [{"FUSED_ELEMS_PER_THREAD": 32}, {"FUSED_ELEMS_PER_THREAD": 64}, {"MAX_FUSED_N": 16384}]
 SWEEPS = {
-    "softmax": {"LOOP_BLOCK_N": [4096, 8192, 16384], "LOOP_ELEMS_PER_THREAD": [8, 16, 32],
-                "MAX_FUSED_N": [16384, 32768]},
-    "log_softmax": {"LOOP_BLOCK_N": [4096, 8192, 16384], "LOOP_ELEMS_PER_THREAD": [8, 16, 32],
-                    "MAX_FUSED_N": [16384, 32768]},
-    "rotary_embedding": {"TILE_MIN": [256, 512, 1024, 2048], "MAX_WARPS": [2, 4, 8]},
+    "softmax": _ROWS,
+    "log_softmax": _ROWS,
+    "rotary_embedding": [{"TILE_MIN": 256}, {"TILE_MIN": 512}, {"TILE_MIN": 256, "MAX_WARPS": 4},
+                         {"TILE_MIN": 256, "MAX_WARPS": 2}],
 }
 
 
@@ -122,6 +130,8 @@ def part_kernels(device, backend, tiny, quick) -> dict:
                 ms = _bench_ms(case[mode], quick)
                 row[mode] = {"ms": ms, "fraction_of_copy": case["bytes"] / (ms * 1e-3) / bw}
         fn, args = case["ref"]
+        expected = fn(*args)
+        row["ours"]["max_abs_err_vs_eager"] = _max_err(case["ours"](), expected)
         torch._dynamo.reset()
         compiled = torch.compile(fn)
         ms = _bench_ms(lambda compiled=compiled, args=args: compiled(*args), quick)
@@ -130,21 +140,25 @@ def part_kernels(device, backend, tiny, quick) -> dict:
             row["liger_note"] = case["liger_note"]
         module = get_op(name).module("cuda")
         sweep = []
-        for attr, values in SWEEPS[name].items():
-            if not hasattr(module, attr):
+        for point in SWEEPS[name]:
+            if any(not hasattr(module, attr) for attr in point):
                 continue
-            default = getattr(module, attr)
-            for value in values:
-                if DEADLINE is not None and time.time() > DEADLINE:
-                    sweep.append({attr: value, "skipped": "time budget of the part spent"})
-                    continue
+            if DEADLINE is not None and time.time() > DEADLINE:
+                sweep.append({**point, "skipped": "time budget of the part spent"})
+                continue
+            defaults = {attr: getattr(module, attr) for attr in point}
+            for attr, value in point.items():
                 setattr(module, attr, value)
-                try:
-                    ms = _bench_ms(case["ours"], quick)
-                    sweep.append({attr: value, "ms": ms, "fraction_of_copy": case["bytes"] / (ms * 1e-3) / bw,
-                                  "default": value == default})
-                finally:
-                    setattr(module, attr, default)
+            try:
+                err = _max_err(case["ours"](), expected)
+                ms = _bench_ms(case["ours"], quick)
+                sweep.append({**point, "ms": ms, "fraction_of_copy": case["bytes"] / (ms * 1e-3) / bw,
+                              "max_abs_err_vs_eager": err, "default": point == defaults})
+            except Exception as exc:  # noqa: BLE001 - a point that fails to compile is reported, not fatal
+                sweep.append({**point, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
+            finally:
+                for attr, value in defaults.items():
+                    setattr(module, attr, value)
         row["sweep"] = sweep
         out["ops"][name] = row
         print(f"kernels {name}: " + ", ".join(f"{m} {row[m]['fraction_of_copy']:.3f}" for m in

@@ -23,6 +23,10 @@ from kernelgen.library import Op, discover, op_status
 POLICIES = ("verified", "correct", "all")
 
 
+class BrokenOpWarning(UserWarning):
+    """enable() skipped an op whose folder is broken or whose kernel file fails to import."""
+
+
 @dataclass
 class Registration:
     backend: Backend
@@ -149,13 +153,21 @@ def enable(
         for op in ops:
             if (include is not None and op.name not in include) or op.name in (exclude or []):
                 continue
+            if op.broken:  # one bad folder must not keep the rest of the library off
+                warnings.warn(f"kernelgen.enable(): skipped {op.name}: {op.error}", BrokenOpWarning, stacklevel=3)
+                continue
             ok, _why = policy_allows(op, be, policy, by_size)
             if not ok:
+                continue
+            try:
+                module = op.module(be.name)  # the backend's variant and tuning when it has them
+            except Exception as exc:  # a kernel file that fails to import: skip the op, enable the others
+                warnings.warn(f"kernelgen.enable(): skipped {op.name}: {type(exc).__name__}: {exc}", BrokenOpWarning,
+                              stacklevel=3)
                 continue
             min_numel = (faster_from(op, op.record(be.name) or {}) or 0) if policy == "verified" and by_size else 0
             if min_numel:
                 reg.min_numel[op.name] = min_numel
-            module = op.module(be.name)  # the backend's variant and tuning when it has them
             for ov in op.spec.aten:
                 if not hasattr(module, ov.adapter):
                     continue  # a backend variant (variants/<backend>/kernel.py) may offer the launcher only

@@ -7,8 +7,9 @@ Layout of one op folder (`library/ops/<name>/`):
     tune/<backend>.json     optional launch parameters for that backend ({"launch": {kwarg: value}})
     variants/<backend>/kernel.py  optional kernel.py used on that backend instead (written by `kernelgen regen`)
 
-Library roots, searched in order: the paths in KERNELGEN_LIBRARY (os.pathsep-separated), then the
-library shipped with the package. An op name found in an earlier root shadows later ones.
+Library roots, searched in order: the paths in KERNELGEN_LIBRARY (os.pathsep-separated), then the user
+library (`user_library()`, when it exists), then the library shipped with the package.
+An op name found in an earlier root shadows later ones.
 """
 
 from __future__ import annotations
@@ -37,10 +38,33 @@ def builtin_library() -> Path:
     return installed if installed.is_dir() else PACKAGE_DIR.parent / "library"
 
 
+def installed_package() -> bool:
+    """True in a wheel install (the library ships inside the package), False in a source checkout."""
+    return (PACKAGE_DIR / "library").is_dir()
+
+
+def user_library() -> Path:
+    """The per-user library: $XDG_DATA_HOME/kernelgen/library, else ~/.local/share/kernelgen/library.
+    Searched after KERNELGEN_LIBRARY when it exists; `kernelgen new` merges there in a wheel install."""
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share") / "kernelgen" / "library"
+
+
+def default_target_library() -> Path:
+    """Where `kernelgen new` merges without --library: the first KERNELGEN_LIBRARY entry; else, in a wheel
+    install, the user library (never site-packages); else (a checkout) the repository's library."""
+    env = [p for p in os.environ.get("KERNELGEN_LIBRARY", "").split(os.pathsep) if p]
+    if env:
+        return Path(env[0]).expanduser()
+    return user_library() if installed_package() else builtin_library()
+
+
 def library_roots(extra: list[str | Path] | None = None) -> list[Path]:
     roots = [Path(p) for p in (extra or [])]
     env = os.environ.get("KERNELGEN_LIBRARY", "")
     roots += [Path(p) for p in env.split(os.pathsep) if p]
+    if user_library().is_dir():
+        roots.append(user_library())
     roots.append(builtin_library())
     seen, out = set(), []
     for r in roots:
@@ -176,6 +200,18 @@ def load_kernel_module(path: Path, name: str) -> types.ModuleType:
     return module
 
 
+def _check_syntax(path: Path) -> None:
+    """A kernel file that does not parse makes its op broken (not merely stale: no record can be fresh)."""
+    try:
+        compile(path.read_bytes(), str(path), "exec", dont_inherit=True)
+    except SyntaxError as exc:  # worded like the verifier's static check, which LLM repair prompts quote
+        text = (exc.text or "").strip()
+        raise SpecError(f"{path} line {exc.lineno}: syntax error: {exc.msg}"
+                        + (f" in `{text[:120]}`" if text else "")) from None
+    except ValueError as exc:  # null bytes
+        raise SpecError(f"{path}: syntax error: {exc}") from None
+
+
 def load_op(path: Path) -> Op:
     op = Op(name=path.name, path=path)
     try:
@@ -184,6 +220,7 @@ def load_op(path: Path) -> Op:
             raise SpecError(f"{path / 'spec.toml'}: field 'name' is {op.spec.name!r} but the folder is {path.name!r}")
         if not op.kernel_path.is_file():
             raise SpecError(f"{path}: kernel.py is missing")
+        _check_syntax(op.kernel_path)
     except SpecError as exc:
         op.spec, op.error = None, str(exc)
     return op
@@ -236,15 +273,56 @@ def read_record(op_path: Path, backend: str) -> dict[str, Any] | None:
         return None
 
 
+# Fields of a record that differ on every run although nothing about the verdict did: a record whose other
+# fields are unchanged is not rewritten, so re-verifying a checked-in op leaves `git status` clean.
+VOLATILE_RECORD_FIELDS = ("wall_s", "seed")  # differ on every run of the same verdict
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the OS allows (os.umask can only set it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _shared_mode(path: Path, is_dir: bool) -> None:
+    """mkdtemp/mkstemp create private (0700/0600) entries; what we publish into a library gets the modes
+    a plain mkdir/open would have had under the user's umask, so a shared library stays readable."""
+    os.chmod(path, (0o777 if is_dir else 0o666) & ~_umask())
+
+
+def _same_record(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    def lasting(rec: dict[str, Any]) -> Any:
+        # through JSON, so tuples and lists (and float reprs) compare as they would be stored
+        return json.loads(json.dumps({k: v for k, v in rec.items() if k not in VOLATILE_RECORD_FIELDS}))
+
+    return old is not None and lasting(old) == lasting(new)
+
+
 def write_record(op_path: Path, backend: str, record: dict[str, Any]) -> Path:
-    """Atomic write of verified/<backend>.json (the verifier is the only caller)."""
+    """Atomic write of verified/<backend>.json (the verifier is the only caller). A record equal to the one
+    on disk except for VOLATILE_RECORD_FIELDS is left as it is."""
     p = record_path(op_path, backend)
-    p.parent.mkdir(parents=True, exist_ok=True)
+    if p.is_file() and _same_record(read_record(op_path, backend), record):
+        return p
+    if not p.parent.is_dir():
+        p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f, indent=2, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, p)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=2, sort_keys=False)
+            f.write("\n")
+        _shared_mode(Path(tmp), is_dir=False)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return p
 
 
@@ -277,8 +355,10 @@ def merge_op(
     dest = dest_parent / spec.name
     if dest.exists() and not replace:
         raise FileExistsError(f"{dest} already exists (use replace=True)")
-    tmp = Path(tempfile.mkdtemp(dir=dest_parent, prefix=f".tmp-{spec.name}-"))
+    # the pid in the name tells a leftover (its process is gone) from another run's merge in progress
+    tmp = Path(tempfile.mkdtemp(dir=dest_parent, prefix=f".tmp-{spec.name}-{os.getpid()}-"))
     try:
+        _shared_mode(tmp, is_dir=True)
         (tmp / "kernel.py").write_text(kernel_source)
         save_spec(spec, tmp / "spec.toml")
         for backend, rec in (records or {}).items():
@@ -295,6 +375,23 @@ def merge_op(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def merge_leftovers(parent: Path, name: str) -> list[Path]:
+    """`.tmp-<name>-<pid>-*` and `.old-<name>-<pid>` folders under `parent` left by merges whose process has
+    ended (killed mid-merge). A merge of the same op still running in another process is not a leftover;
+    folders named before the pid was part of the name are."""
+    import re
+
+    from kernelgen.scratch import pid_alive
+
+    found = []
+    pattern = re.compile(r"^\.(?:tmp|old)-" + re.escape(name) + r"-(?:(\d+)(?:-|$))?")
+    for p in parent.glob(f".*-{name}-*") if parent.is_dir() else []:
+        m = pattern.match(p.name)
+        if m and p.is_dir() and not (m.group(1) and pid_alive(int(m.group(1)))):
+            found.append(p)
+    return sorted(found)
 
 
 # ---- names: no op shadows another -------------------------------------------------------------------

@@ -28,6 +28,7 @@ from typing import Any
 
 from kernelgen.errors import KernelgenError, OpNotFound
 from kernelgen.library import Op, discover, load_op, ops_dir, tuning_path, variant_path
+from kernelgen.scratch import scratch_prefix
 from kernelgen.verify.sandbox import DEFAULT_TIMEOUT, record_verdict, verify_many
 from kernelgen.verify.verdict import Verdict
 
@@ -260,7 +261,7 @@ def regenerate(backend: str, ops: Sequence[str] | None = None, jobs: int = 1, ex
         else:
             todo.append((op, v, why))
 
-    stage_root = Path(tempfile.mkdtemp(prefix="kernelgen-regen-"))
+    stage_root = Path(tempfile.mkdtemp(prefix=scratch_prefix("regen")))
     try:
         notes: dict[str, list[str]] = {op.name: [] for op, _, _ in todo}
         # Phase 2a: re-tune. Phase 2b: regenerate what re-tuning could not fix.

@@ -211,6 +211,8 @@ def _parse(doc: dict[str, Any], src: str) -> OpSpec:
     sig = _need(doc, "signature", dict, src)
     function = _need(sig, "function", str, src, "signature.")
     outputs = _need(sig, "outputs", list, src, "signature.")
+    if not all(isinstance(o, str) for o in outputs):
+        raise SpecError(f"{src}: field 'signature.outputs' must be a list of output names")
     if not outputs:
         raise SpecError(f"{src}: field 'signature.outputs' must name at least one output")
     reference = _need(doc, "reference", str, src)
@@ -248,8 +250,14 @@ def _parse(doc: dict[str, Any], src: str) -> OpSpec:
             inputs.append(InputSpec(iname, kind, value=item["value"]))
 
     aten = []
-    for n, item in enumerate(doc.get("aten", [])):
+    raw_aten = doc.get("aten", [])
+    if not isinstance(raw_aten, list):
+        raise SpecError(f"{src}: field 'aten' must be a list of tables ([[aten]] entries), got "
+                        f"{type(raw_aten).__name__}")
+    for n, item in enumerate(raw_aten):
         where = f"aten[{n}]."
+        if not isinstance(item, dict):
+            raise SpecError(f"{src}: field 'aten[{n}]' must be a table with 'overload' and 'adapter'")
         overload = _need(item, "overload", str, src, where)
         if not overload.startswith("aten::"):
             raise SpecError(f"{src}: field '{where}overload' must look like 'aten::name[.overload]'")
@@ -259,13 +267,21 @@ def _parse(doc: dict[str, Any], src: str) -> OpSpec:
     test_shapes = _shape_list(shapes, "test", src)
     bench_shapes = _shape_list(shapes, "bench", src) if "bench" in shapes else []
     dtypes = doc.get("dtypes", list(DTYPES))
+    if not isinstance(dtypes, list) or not all(isinstance(d, str) for d in dtypes):
+        raise SpecError(f"{src}: field 'dtypes' must be a list of dtype names such as [\"float32\"], got "
+                        f"{type(dtypes).__name__} {dtypes!r}")
     bad = [d for d in dtypes if d not in DTYPES]
     if bad:
         raise SpecError(f"{src}: field 'dtypes' has {bad}; expected a subset of {DTYPES}")
 
     tolerances = {}
-    for dt, tol in doc.get("tolerance", {}).items():
+    raw_tol = doc.get("tolerance", {})
+    if not isinstance(raw_tol, dict):
+        raise SpecError(f"{src}: field 'tolerance' must be a table of [tolerance.<dtype>] tables")
+    for dt, tol in raw_tol.items():
         where = f"tolerance.{dt}."
+        if not isinstance(tol, dict):
+            raise SpecError(f"{src}: field 'tolerance.{dt}' must be a table with atol, rtol and reason")
         if dt not in DTYPES:
             raise SpecError(f"{src}: field 'tolerance.{dt}' is not a dtype; expected one of {DTYPES}")
         reason = _need(tol, "reason", str, src, where)
@@ -278,6 +294,8 @@ def _parse(doc: dict[str, Any], src: str) -> OpSpec:
         )
 
     model = doc.get("model", {})
+    if not isinstance(model, dict):
+        raise SpecError(f"{src}: field 'model' must be a table with 'bytes' and 'flops' formulas")
     spec = OpSpec(
         name=name,
         description=description,
@@ -332,7 +350,7 @@ def _index_bounds(item: dict, fill: str, dtype: str, src: str, where: str) -> tu
 
 
 def _shape_list(shapes: dict, key: str, src: str) -> list[dict[str, int]]:
-    val = _need(shapes, key, list, src, "shapes.")
+    val = _need(shapes, key, list, src, "shapes.")  # a list of tables: [{ M = 4, N = 64 }]
     out = []
     for n, s in enumerate(val):
         if not isinstance(s, dict) or not all(isinstance(v, int) and v >= 0 for v in s.values()):

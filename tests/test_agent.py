@@ -116,7 +116,8 @@ def test_runs_table_reports_a_run_whose_process_died_as_interrupted(env):
     runs.mark_run(conn, "r-done", status="merged", result={"name": "x"})
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    conn.execute("INSERT INTO kernelgen_runs VALUES ('r-dead', 'b', ?, 'running', 1, 1, NULL)", (dead.pid,))
+    conn.execute("INSERT INTO kernelgen_runs (run_id, request, pid, status, created, updated, result) "
+                 "VALUES ('r-dead', 'b', ?, 'running', 1, 1, NULL)", (dead.pid,))
     conn.commit()
     got = {r["run_id"]: r for r in runs.list_runs(conn)}
     assert got["r-done"]["status"] == "merged" and got["r-done"]["result"] == {"name": "x"}

@@ -132,6 +132,27 @@ def test_specialization_key_follows_tritons_properties():
     assert key(mask, (x, 16, 8, 9), {}) is None  # more arguments than parameters
 
 
+def test_generated_key_separates_calls_as_specialization_key_does():
+    mask = (False, False, True, True)
+    x = torch.randn(16)
+    calls = [(x, 16, 8), (torch.randn(16), 32, 8), (x, 17, 8), (x, 16, 16), (x, 2**40, 8), (x, 2**64 - 1, 8),
+             (x, 1, 8), (x.half(), 16, 8), (x[1:], 16, 8), (x, 16.0, 8), (x, True, 8), (x, None, 8),
+             (torch.nn.Parameter(x), 16, 8)]
+    kwargs = [{}, {"BLOCK": 4}, {"BLOCK": 8}]
+    for kw in kwargs:
+        for a in calls:
+            for b in calls:
+                for kw2 in kwargs:
+                    same = launch.specialization_key(mask, a, kw, 0) == launch.specialization_key(mask, b, kw2, 0)
+                    key = launch.key_function(mask, 3)
+                    assert (key(a, kw, 0) == key(b, kw2, 0)) == same, (a, b, kw, kw2)
+    assert launch.key_function(mask, 3)((x, [1], 8), {}, 0) is None  # a type we do not key
+    assert launch.key_function(mask, 3)((x, "16", 8), {}, 0) is None
+    assert launch.key_function(mask, 5)((x, 16, 8, 9, 1), {}, 0) is None  # more arguments than parameters
+    assert launch.key_function(mask, 0)((), {"BLOCK": 4}, 0) == (0, (("BLOCK", 4),))
+    assert launch.key_function(mask, 1)((x,), {}, 0) == (0, (x.dtype, True), ())
+
+
 def test_no_launch_skips_launches_but_launchers_still_allocate(interpreter):
     x, w = torch.randn(4, 64), torch.randn(64)
     with launch.no_launch():

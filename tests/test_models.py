@@ -107,12 +107,13 @@ def test_default_policy_on_the_interpreter_switches_nothing_on(family, rng_seed,
 
 
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
-def test_rms_norm_is_served_with_and_without_inference_mode(mode, interpreter):
+def test_rms_norm_is_served_with_and_without_inference_mode(mode, interpreter, rng_seed):
     # Inference mode skips the autograd keys, where a composite op such as rms_norm is taken over.
-    x, w = torch.randn(6, 48), torch.randn(48)
+    g = torch.Generator().manual_seed(rng_seed)
+    x, w = torch.randn(6, 48, generator=g), torch.randn(48, generator=g)
     expected = F.rms_norm(x, (48,), w, 1e-6)
     kernelgen.enable(backend="interpreter", policy="all", include=["rms_norm"])
     with getattr(torch, mode)(), count_launches() as launches:
         got = F.rms_norm(x, (48,), w, 1e-6)
     assert launches.total_launches == 1 and kernelgen.status()["interpreter"]["calls"] == {"rms_norm": 1}
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1.3e-6)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1.3e-6, msg=lambda m: f"seed {rng_seed}: {m}")

@@ -27,6 +27,16 @@ def test_online_looped_variant_matches_single_block(name, interpreter):
 
 
 @pytest.mark.parametrize("name", SOFTMAX_OPS)
+def test_vocabulary_sized_rows_in_registers_and_past_them(name, interpreter):
+    # 16K < N <= 32K: one block of 32K in registers (32 warps); N > 32K: the looped variant.
+    fn = get_op(name).launcher()
+    for n in (20000, 40000):
+        x = torch.randn(2, n) * 3
+        x[1, n - 5] += 40.0  # a late maximum
+        torch.testing.assert_close(fn(x, -1).double(), REFERENCES[name](x.double(), -1), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", SOFTMAX_OPS)
 def test_looped_variant_handles_a_row_that_starts_with_minus_infinity(name, interpreter):
     # An attention row masked at the start: the first blocks are all -inf, the running max starts at -inf.
     fn = get_op(name).launcher()

@@ -26,8 +26,10 @@ class RunState(TypedDict, total=False):
     started: float
     name: str | None
     spec: str | None  # spec.toml text
-    spec_origin: str | None  # "composer" | "llm"
+    spec_origin: str | None  # "reference" (spec from the request's reference) | "composer" | "llm"
     spec_checks: dict[str, str]  # LLM spec hash -> the problem its reference showed on its inputs ("" = none)
+    reference: dict[str, Any] | None  # the request's reference: source, notes, origin, request, name
+    lowering: dict[str, Any] | None  # lowered, reason (why no template fits), trace_mode, ops (the ATen ops)
     composition: dict[str, Any] | None
     compose_error: str
     hits: list[dict[str, Any]]
@@ -42,6 +44,7 @@ class RunState(TypedDict, total=False):
     merged: str | None
     result: dict[str, Any]
     messages: Annotated[list[str], operator.add]  # notes for the report, appended by any node
+    resumed: bool  # set by `kernelgen resume`: a stage may find its own earlier work (e.g. a finished merge)
 
 
 def _staged(name: str, fn: Callable[[dict], dict]) -> Callable[[dict], dict]:
@@ -83,12 +86,25 @@ def llm_settings(enabled: bool) -> dict[str, Any]:
     return {"enabled": enabled, "endpoint": cfg.endpoint(), "model": cfg.model, "error": "", "attempts": []}
 
 
-def _drive(graph_input, run_id: str, request: str, listener) -> dict[str, Any]:
+def with_reference(result: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """The run's result with the reference it was generated from (shown before generation, kept in the
+    run record): `reference` (Python source), `notes`, and `lowering` (why no template fit, if none did)."""
+    ref = values.get("reference") or {}
+    result.setdefault("reference", ref.get("source"))
+    result.setdefault("notes", list(ref.get("notes") or []))
+    result.setdefault("lowering", values.get("lowering"))
+    return result
+
+
+def _drive(graph_input, run_id: str, request: str, listener, before_s: float = 0.0) -> dict[str, Any]:
+    """Run the graph from its input or last checkpoint. The run's time (`wall_s`) is `before_s`, the time
+    earlier drives of it spent running, plus this drive's: time while no process ran it is not counted."""
     conn = runs_mod.connect()
     try:
         app = build_graph(runs_mod.checkpointer(conn))
         config = {"configurable": {"thread_id": run_id}, "recursion_limit": 100}
-        runs_mod.mark_run(conn, run_id, request=request, status="running")
+        t0 = time.time()
+        runs_mod.mark_run(conn, run_id, request=request, status="running", active_s=before_s)
         nodes.set_listener(listener)
         try:
             # durability="sync": each checkpoint is on disk before the next node starts, so a SIGKILL loses at
@@ -97,17 +113,34 @@ def _drive(graph_input, run_id: str, request: str, listener) -> dict[str, Any]:
                 pass
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "error"
-            runs_mod.mark_run(conn, run_id, status=status, result={"error": f"{type(exc).__name__}: {exc}"})
+            runs_mod.mark_run(conn, run_id, status=status, result={"error": f"{type(exc).__name__}: {exc}"},
+                              active_s=before_s + time.time() - t0)
             raise
         finally:
             nodes.set_listener(None)
         values = app.get_state(config).values
-        result = dict(values.get("result") or {})
-        result["wall_s"] = round(time.time() - float(values.get("started", time.time())), 2)
-        runs_mod.mark_run(conn, run_id, status=result.get("status", "done"), result=result)
+        result = with_reference(dict(values.get("result") or {}), values)
+        result["wall_s"] = round(before_s + time.time() - t0, 2)
+        runs_mod.mark_run(conn, run_id, status=result.get("status", "done"), result=result,
+                          active_s=result["wall_s"])
         return result
     finally:
         conn.close()
+
+
+def _time_before(info: dict[str, Any], snapshot) -> float:
+    """Seconds a run spent running before this resume. A drive that ended normally or by Ctrl-C recorded
+    its time; a killed one did not, and counts up to its last checkpoint (the node it was in is redone)."""
+    spent = float(info.get("active_s") or 0.0)
+    if info.get("killed") and info.get("drive_started") and getattr(snapshot, "created_at", None):
+        from datetime import datetime
+
+        try:
+            last = datetime.fromisoformat(snapshot.created_at).timestamp()
+        except ValueError:
+            return spent
+        spent += max(0.0, last - float(info["drive_started"]))
+    return spent
 
 
 def start_run(request: str, options: dict[str, Any], llm: dict[str, Any], run_id: str | None = None,
@@ -127,14 +160,41 @@ def resume_run(run_id: str, listener: nodes.Listener | None = None) -> dict[str,
             raise KernelgenError(f"run {run_id!r} is still running (process {info['pid']}); "
                                  "resume it only once that process has ended")
         app = build_graph(runs_mod.checkpointer(conn))
-        snapshot = app.get_state({"configurable": {"thread_id": run_id}})
+        config = {"configurable": {"thread_id": run_id}}
+        snapshot = app.get_state(config)
+        if snapshot.values and snapshot.next and not snapshot.values.get("resumed"):
+            _mark_resumed(app, config, snapshot)
     finally:
         conn.close()
     if not snapshot.values:
         raise KernelgenError(f"run {run_id!r} was interrupted before its first checkpoint; start it again")
     if not snapshot.next:
-        return dict(snapshot.values.get("result") or info.get("result") or {}, resumed=False)
-    return dict(_drive(None, run_id, info["request"], listener), resumed=True)
+        result = snapshot.values.get("result") or info.get("result") or {}
+        return dict(with_reference(dict(result), snapshot.values), resumed=False)
+    return dict(_drive(None, run_id, info["request"], listener, _time_before(info, snapshot)), resumed=True)
+
+
+def _mark_resumed(app, config: dict, snapshot) -> None:
+    """Record in the run's state that it was resumed, so a stage that finds its own earlier work (a merged
+    folder) can say so, while a fresh run that finds the same thing knows another run did it. The update
+    re-evaluates the edges out of the last finished stage, which depend on the state alone: the next stage
+    stays the same (checked)."""
+    try:
+        app.update_state(config, {"resumed": True})
+    except Exception:  # e.g. no stage has finished yet: langgraph cannot tell which node the update is from
+        return
+    after = app.get_state(config).next
+    if after != snapshot.next:  # never seen; resuming from a different stage would be wrong, so say so
+        raise KernelgenError(f"resuming would run {after} instead of {snapshot.next}; please report this")
+
+
+def prune_runs(keep: int = 0) -> list[str]:
+    """Forget finished runs but the `keep` newest (see runs.prune_runs); returns the run ids removed."""
+    conn = runs_mod.connect()
+    try:
+        return runs_mod.prune_runs(conn, keep)
+    finally:
+        conn.close()
 
 
 def list_runs(limit: int = 50) -> list[dict[str, Any]]:
@@ -146,6 +206,8 @@ def list_runs(limit: int = 50) -> list[dict[str, Any]]:
         for row in rows:
             snap = app.get_state({"configurable": {"thread_id": row["run_id"]}})
             row["next"] = ",".join(snap.next) if snap.values else ""
+            # an interrupted run has no result yet: its op name is in the last checkpoint
+            row["name"] = (row.get("result") or {}).get("name") or (snap.values or {}).get("name") or ""
         return rows
     finally:
         conn.close()

@@ -96,6 +96,12 @@ def _merged_before(library: Path, spec, kernel: str) -> Path | None:
     return None
 
 
+def _who_merged(state: dict) -> str:
+    """Whose merge a finished op folder is: this run's own, before it was interrupted (only a resumed run can
+    say so), or another run's that merged the same op meanwhile."""
+    return "merged before an interruption" if state.get("resumed") else "another run merged the same op meanwhile"
+
+
 def merge(state: dict) -> dict:
     """Write the winner into <library>/ops/<name>/ atomically, with a verification record per backend,
     then refresh the search index. Idempotent: a folder that already holds exactly this kernel and spec
@@ -115,8 +121,8 @@ def merge(state: dict) -> dict:
     spec = _load_spec_text(state["spec"])
     out: dict[str, Any] = {"messages": []}
     before = _merged_before(library, spec, winner["kernel"])
-    if before is not None:  # finished before an interruption, perhaps under a suffixed name
-        emit("merge", f"{before} already holds this op (merged before an interruption)", "green")
+    if before is not None:  # finished before an interruption (perhaps under a suffixed name), or another run's
+        emit("merge", f"{before} already holds this op ({_who_merged(state)})", "green")
         return {"merged": str(before), "name": before.name}
     from kernelgen.library import NameTaken, free_name
 
@@ -134,12 +140,14 @@ def merge(state: dict) -> dict:
     parent = ops_dir(library)
     dest = parent / spec.name
     if parent.is_dir():
+        from kernelgen.library import merge_leftovers
+
         for n in {spec.name, state.get("name") or spec.name}:  # the run's name and the free one it merges under
-            for leftover in list(parent.glob(f".tmp-{n}-*")) + list(parent.glob(f".old-{n}-*")):
+            for leftover in merge_leftovers(parent, n):  # only merges whose process has ended
                 shutil.rmtree(leftover, ignore_errors=True)
     staged = candidate_folder(state, winner)
     if dest.is_dir() and source_hash(dest) == source_hash(staged):
-        emit("merge", f"{dest} already holds this op (merged before an interruption)", "green")
+        emit("merge", f"{dest} already holds this op ({_who_merged(state)})", "green")
         return {"merged": str(dest)}
     if dest.exists() and not opts.get("replace"):
         msg = f"{dest} appeared during the run; not replaced (use --replace)"

@@ -12,9 +12,10 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a backend runs kernels, not to list backends
+    import torch
 
 
 def triton_interpreting() -> bool | None:

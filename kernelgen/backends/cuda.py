@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-import torch
+import os
+import sys
 
 from kernelgen.backends.base import Backend, triton_interpreting
 from kernelgen.errors import BackendError
 
 _bandwidth_cache: dict[str, float] = {}
+
+
+def _no_nvidia_driver() -> bool:
+    """True when this Linux machine (or container, or WSL) has no NVIDIA driver, so no CUDA device: known
+    without importing torch, which takes seconds (`kernelgen backends` on a CPU machine). Elsewhere: False,
+    and torch decides."""
+    if not sys.platform.startswith("linux"):
+        return False
+    return not any(os.path.exists(p) for p in ("/dev/nvidiactl", "/proc/driver/nvidia/version", "/dev/dxg"))
 
 
 class CudaBackend(Backend):
@@ -17,6 +27,10 @@ class CudaBackend(Backend):
     description = "NVIDIA GPU through Triton"
 
     def available(self) -> bool:
+        if _no_nvidia_driver():
+            return False
+        import torch
+
         return torch.cuda.is_available() and torch.version.hip is None and not triton_interpreting()
 
     def prepare(self) -> None:
@@ -24,9 +38,13 @@ class CudaBackend(Backend):
             raise BackendError("the cuda backend cannot run in a process with TRITON_INTERPRET=1")
 
     def device_name(self) -> str:
+        import torch
+
         return torch.cuda.get_device_name()
 
     def synchronize(self) -> None:
+        import torch
+
         torch.cuda.synchronize()
 
     def bench(self, fn, warmup_ms: float = 25, rep_ms: float = 100) -> float:
@@ -36,6 +54,8 @@ class CudaBackend(Backend):
 
     def copy_bandwidth(self) -> float:
         """Device-to-device copy of 1 GiB, bytes read + written over the median time; cached per device."""
+        import torch
+
         key = self.device_name()
         if key not in _bandwidth_cache:
             n = 1 << 30

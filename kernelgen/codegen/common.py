@@ -143,7 +143,7 @@ class _Loads:
 
     def code(self, nodes: list[Node], indent: str, extra_inputs: tuple[str, ...] = ()) -> list[str]:
         """Loads (just before first use) and the nodes' statements."""
-        tensors = {i.name: i for i in self.g.tensor_inputs() if i.role not in ("lhs", "rhs")}
+        tensors = {i.name: i for i in self.g.tensor_inputs() if i.role not in ("lhs", "rhs", "rhs_t")}
         loaded: set[str] = set()
         lines = []
 
@@ -218,6 +218,10 @@ def _signature(g: FusionGraph, fn: str, with_max_block: bool = True) -> str:
 
 def _input_checks(g: FusionGraph) -> list[str]:
     lines = []
+    for name, rank in g.ranks.items():
+        lines += [f"    if {name}.dim() != {rank}:",
+                  f'        raise ValueError(f"{name} must have {rank} dims (the reference names its dims by '
+                  f'position), got {{{name}.dim()}}")']
     for i in g.tensor_inputs():
         if i.dtype == "int8":
             lines.append(f'    _check("{i.name}", {i.name}, (torch.int8,))')

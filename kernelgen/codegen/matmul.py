@@ -45,9 +45,11 @@ def _fit_max_block(configs, named_args, **kwargs):
 
 
 def matmul_source(g: FusionGraph, fn: str, request: str) -> str:
-    epi_inputs = [i for i in g.tensor_inputs() if i.role not in ("lhs", "rhs")]
-    ptrs, strides = ["a_ptr", "b_ptr"], ["stride_am", "stride_ak", "stride_bk", "stride_bn"]
-    call = ["a.stride(0)", "a.stride(1)", "b.stride(0)", "b.stride(1)"]
+    epi_inputs = [i for i in g.tensor_inputs() if i.role not in ("lhs", "rhs", "rhs_t")]
+    ptrs, strides = ["lhs_ptr", "rhs_ptr"], ["stride_am", "stride_ak", "stride_bk", "stride_bn"]
+    a_name = next(i.name for i in g.inputs if i.role == "lhs")
+    b_name = next(i.name + ("_t" if i.role == "rhs_t" else "") for i in g.inputs if i.role in ("rhs", "rhs_t"))
+    call = [f"{a_name}.stride(0)", f"{a_name}.stride(1)", f"{b_name}.stride(0)", f"{b_name}.stride(1)"]
     for i in epi_inputs:
         ptrs.append(f"{i.name}_ptr")
         if i.role == "rows":
@@ -82,9 +84,9 @@ def matmul_source(g: FusionGraph, fn: str, request: str) -> str:
         "    for k in range(0, K, BLOCK_K):",
         "        a_mask = (offs_m[:, None] < M) & (k + offs_k[None, :] < K)",
         "        b_mask = (k + offs_k[:, None] < K) & (offs_n[None, :] < N)",
-        "        a = tl.load(a_ptr + offs_m[:, None] * stride_am + (k + offs_k[None, :]) * stride_ak, mask=a_mask,"
+        "        a = tl.load(lhs_ptr + offs_m[:, None] * stride_am + (k + offs_k[None, :]) * stride_ak, mask=a_mask,"
         " other=0.0)",
-        "        b = tl.load(b_ptr + (k + offs_k[:, None]) * stride_bk + offs_n[None, :] * stride_bn, mask=b_mask,"
+        "        b = tl.load(rhs_ptr + (k + offs_k[:, None]) * stride_bk + offs_n[None, :] * stride_bn, mask=b_mask,"
         " other=0.0)",
         "        if FP32_DOT:",
         "            # float32 math, no TF32 rounding (torch's default matmul precision)",
@@ -104,36 +106,43 @@ def matmul_source(g: FusionGraph, fn: str, request: str) -> str:
         '                               prune_configs_by={"early_config_prune": _fit_max_block})'
         f"(_{fn}_kernel)",
     ]
+    lhs = next(i.name for i in g.inputs if i.role == "lhs")
+    rhs_in = next(i for i in g.inputs if i.role in ("rhs", "rhs_t"))
+    # a right operand given as [N, K] (a Linear's weight) is used through its transposed view
+    rhs = f"{rhs_in.name}_t" if rhs_in.role == "rhs_t" else rhs_in.name
     launcher = [
         _signature(g, fn),
         f'    """{g.describe()}\n\n'
-        "    a [..., M, K] @ b [K, N] with the epilogue fused; b any strides, the rows of a at one stride\n"
-        '    (leading dims a view can merge; any K stride). max_block caps the N tile."""',
+        f'    {lhs} [..., M, K] @ {rhs_in.name} {"[N, K] transposed" if rhs_in.role == "rhs_t" else "[K, N]"} with the'
+        f' epilogue fused;\n    {rhs_in.name} any strides, the rows of {lhs} at one stride (leading dims a view can'
+        ' merge). max_block caps the N tile."""',
         *_input_checks(g),
-        "    if a.dim() < 2 or b.dim() != 2 or a.shape[-1] != b.shape[0]:",
-        '        raise ValueError(f"a [..., M, K] and b [K, N] expected, got {tuple(a.shape)} and {tuple(b.shape)}")',
-        "    y_lead = tuple(a.shape[:-1])",
-        "    K, N = b.shape",
+        *([f"    {rhs} = {rhs_in.name}.t()"] if rhs_in.role == "rhs_t" else []),
+        f"    if {lhs}.dim() < 2 or {rhs}.dim() != 2 or {lhs}.shape[-1] != {rhs}.shape[0]:",
+        f'        raise ValueError(f"{lhs} [..., M, K] and a [K, N] right operand expected, got "'
+        f'f"{{tuple({lhs}.shape)}} and {{tuple({rhs}.shape)}}")',
+        f"    y_lead = tuple({lhs}.shape[:-1])",
+        f"    K, N = {rhs}.shape",
         "    M = 1",
-        "    for d in a.shape[:-1]:",
+        f"    for d in {lhs}.shape[:-1]:",
         "        M *= d",
-        "    # like a @ b: the leading dims of a are rows. They are seen as one row dim through a view (the rows",
-        "    # must sit at one uniform stride, whatever K's stride); a layout that needs a copy is refused.",
+        "    # like a @ b: the leading dims of the left operand are rows, seen as one row dim through a view (the",
+        "    # rows must sit at one uniform stride, whatever K's stride); a layout that needs a copy is refused",
         "    try:",
-        "        a = a.view(M, K)",
+        f"        {lhs} = {lhs}.view(M, K)",
         "    except RuntimeError:",
-        '        raise ValueError(f"a of shape {tuple(a.shape)} and strides {a.stride()} cannot be seen as "',
-        '                         "[M, K] rows without a copy (its rows are not at one uniform stride)") from None',
+        f'        raise ValueError(f"{lhs} of shape {{tuple(y_lead)}} x K cannot be seen as [M, K] rows without a "',
+        '                         "copy (its rows are not at one uniform stride)") from None',
         "    shape = (*y_lead, N)",
-        f"    y = torch.empty(shape, dtype={_out_dtype(g)}, device=a.device)",
+        f"    y = torch.empty(shape, dtype={_out_dtype(g)}, device={lhs}.device)",
         "    if y.numel() == 0:",
         "        return y",
         "    y2 = y.view(M, N)",
-        *[ln for ln in _views(g) if "a2 =" not in ln and "b2 =" not in ln],
+        *_views(g),
         '    grid = lambda meta: (_cdiv(M, meta["BLOCK_M"]) * _cdiv(N, meta["BLOCK_N"]),)',
-        f"    _{fn}_tuned[grid](a, b, {''.join(f'{i.name}2, ' for i in epi_inputs)}y2,",
+        f"    _{fn}_tuned[grid]({lhs}, {rhs}, {''.join(f'{i.name}2, ' for i in epi_inputs)}y2,",
         f"        {', '.join(call + ['M', 'N', 'K', 'max_block or 1 << 30'] + _scalar_call(g))},",
-        "        FP32_DOT=_fp32_dot(a, b))",
+        f"        FP32_DOT=_fp32_dot({lhs}, {rhs}))",
         "    return y",
     ]
     return _assemble(g, request, "Matmul with a fused pointwise epilogue (tl.dot, autotuned tiles).",

@@ -161,7 +161,7 @@ def reduction_source(g: FusionGraph, fn: str, request: str) -> str:
         looped += ["        " + normalize] + affine("        ") + finish("        ")
 
     rows_inputs = [i.name for i in g.tensor_inputs() if i.role in ("rows", "rows4d")]
-    out_shape = "shape[:-1]" if row_scalar else "shape"
+    out_shape = ("shape[:-1] + (1,)" if r.keepdim else "shape[:-1]") if row_scalar else "shape"
     dev = f"{rows_inputs[0]}.device"
     launcher = [
         _signature(g, fn),

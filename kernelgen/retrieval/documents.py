@@ -53,9 +53,9 @@ def op_metadata(op: Op) -> dict[str, Any]:
     """chromadb metadata values must be scalars: the ATen list travels as JSON."""
     spec = op.spec
     assert spec is not None, op.error
+    # No folder: identical libraries in different places share an index (see index.py).
     return {
         "name": op.name,
-        "path": str(op.path),
         "description": spec.description,
         "aten": json.dumps([a.overload for a in spec.aten]),
         "family": spec.family,

@@ -2,8 +2,10 @@
 
 One index folder per (embedding, library content hash): `<cache>/retrieval/<embedding key>-<library hash>/`
 holding chromadb's files and `meta.json` (written last: a folder without it is an interrupted build).
-A new or edited op changes `library_hash`, so the next search lands on a folder that does not exist yet
-and builds it. An unreadable index (garbage in the sqlite file, a missing segment, a half-written folder)
+A new or edited op changes the content hash, so the next search lands on a folder that does not exist yet
+and builds it. The hash covers names and sources, not locations: two identical copies of a library share
+one index, which therefore stores no folder; a hit's path comes from the library as it is found now.
+An unreadable index (garbage in the sqlite file, a missing segment, a half-written folder)
 is rebuilt with an `IndexRebuildWarning`, never an exception.
 
 The cache root is KERNELGEN_CACHE_DIR, else $XDG_CACHE_HOME/kernelgen, else ~/.cache/kernelgen.
@@ -11,11 +13,13 @@ The cache root is KERNELGEN_CACHE_DIR, else $XDG_CACHE_HOME/kernelgen, else ~/.c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
+import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +28,7 @@ from typing import Any
 import chromadb
 from chromadb.config import Settings
 
-from kernelgen.library import discover, library_hash
+from kernelgen.library import Op, discover
 from kernelgen.retrieval.documents import op_document, op_metadata
 from kernelgen.retrieval.embedding import HashedNgramEmbedding, OpenAIEmbedding, RetrievalError, embedding_from_env
 
@@ -32,12 +36,22 @@ EXACT_NAME_WINDOW = 5
 
 COLLECTION = "kernelgen-ops"
 META = "meta.json"
-META_FORMAT = 1
+META_FORMAT = 2  # 2: no absolute paths in the index
 KEEP_OLD_INDEXES = 4  # other library hashes (other --library sets, older checkouts) kept before pruning
 
 
 class IndexRebuildWarning(UserWarning):
     """The stored index could not be read and was rebuilt from the library."""
+
+
+def content_hash(ops: list[Op]) -> str:
+    """Hash of what the index holds: every indexable op's name and source hash (not where it lives)."""
+    h = hashlib.sha256()
+    for op in ops:
+        if not op.broken:
+            h.update(op.name.encode())
+            h.update(op.source_hash().encode())
+    return h.hexdigest()[:16]
 
 
 @dataclass
@@ -95,20 +109,43 @@ class LibraryIndex:
         self._ef: Any = None
         self._count = 0
         self._last_error = ""
+        self._paths: dict[str, str] = {}  # op name -> its folder in the library as found at the last refresh
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def index_path(self, lib_hash: str) -> Path:
-        return self.cache_dir / "retrieval" / f"{self.embedding.key()}-{lib_hash}"
+        return self._root() / f"{self.embedding.key()}-{lib_hash}"
+
+    def _root(self) -> Path:
+        return self.cache_dir / "retrieval"
+
+    def _usable_root(self) -> None:
+        """The cache's `retrieval` entry must be a folder: anything else (a file left by hand, a dangling
+        link) is moved aside with a warning, like an unreadable index."""
+        root = self._root()
+        if self.cache_dir.exists() and not self.cache_dir.is_dir():
+            raise RetrievalError(f"the cache folder {self.cache_dir} is a file (set KERNELGEN_CACHE_DIR elsewhere)")
+        if root.is_symlink() and not root.exists() or root.exists() and not root.is_dir():
+            aside = root.with_name(f"retrieval.not-a-folder-{time.strftime('%Y%m%d-%H%M%S')}")
+            try:
+                os.replace(root, aside)
+            except OSError as exc:
+                raise RetrievalError(f"the index cache {root} is not a folder and cannot be moved aside: "
+                                     f"{exc}") from None
+            warnings.warn(f"the index cache {root} was not a folder; moved it to {aside.name} and rebuilt the index",
+                          IndexRebuildWarning, stacklevel=4)
 
     def refresh(self, force: bool = False) -> bool:
         """Make sure the open index matches the library as it is now. Returns True when it was (re)built."""
-        path = self.index_path(library_hash(self.library))
+        ops = discover(self.library)
+        self._paths = {op.name: str(op.path) for op in ops if not op.broken}
+        path = self.index_path(content_hash(ops))
         if not force and path == self.path and self._collection is not None:
             return False
         self.close()
+        self._usable_root()
         if not force and self._open(path):
             return False
-        self._build(path)
+        self._build(path, ops)
         if not self._open(path, warn=False):
             raise RetrievalError(f"the index just built at {path} cannot be opened: {self._last_error}")
         return True
@@ -135,8 +172,11 @@ class LibraryIndex:
         client = None
         try:
             meta = json.loads((path / META).read_text())
-            if meta.get("format") != META_FORMAT or meta.get("embedding") != self.embedding.key():
-                raise ValueError(f"{META} is for another format or embedding")
+            if meta.get("format") != META_FORMAT:  # written by another kernelgen version: not damage
+                self._last_error = f"{META} has format {meta.get('format')}, not {META_FORMAT}"
+                return False
+            if meta.get("embedding") != self.embedding.key():
+                raise ValueError(f"{META} is for another embedding")
             ef = self._embedding_for(meta.get("embedding_config", {}))
             client = chromadb.PersistentClient(path=str(path), settings=_settings())
             collection = client.get_collection(COLLECTION, embedding_function=ef)
@@ -167,8 +207,8 @@ class LibraryIndex:
             return HashedNgramEmbedding.build_from_config(config)
         return self.embedding
 
-    def _build(self, path: Path) -> None:
-        ops = [op for op in discover(self.library) if not op.broken]
+    def _build(self, path: Path, found: list[Op]) -> None:
+        ops = [op for op in found if not op.broken]
         docs = [op_document(op) for op in ops]
         ef = self.embedding.fit(docs) if isinstance(self.embedding, HashedNgramEmbedding) else self.embedding
         vectors = ef(docs) if docs else []
@@ -187,7 +227,7 @@ class LibraryIndex:
             finally:
                 client.close()
             meta = {"format": META_FORMAT, "embedding": self.embedding.key(), "embedding_config": ef.get_config(),
-                    "count": len(ops), "ops": [op.name for op in ops], "library": self.library}
+                    "count": len(ops), "ops": [op.name for op in ops]}
             (tmp / META).write_text(json.dumps(meta, indent=1) + "\n")
             if path.exists():
                 _forget_system(path)
@@ -234,11 +274,12 @@ class LibraryIndex:
         exact = re.sub(r"[\s\-]+", "_", query.strip().lower())
         pairs.sort(key=lambda pair: pair[0]["name"] != exact)
         for meta, dist in pairs[:k]:
+            name = str(meta["name"])
             hits.append(SearchHit(
-                name=str(meta["name"]),
+                name=name,
                 score=round(min(1.0, max(0.0, 1.0 - float(dist))), 4),
                 aten=json.loads(str(meta.get("aten") or "[]")),
-                path=str(meta["path"]),
+                path=self._paths.get(name, ""),
                 description=str(meta.get("description", "")),
             ))
         return hits

@@ -37,14 +37,24 @@ def aten_args(spec: OpSpec, overload: str, inputs: list[Any]) -> list[Any]:
     """The ATen op's positional arguments from the launcher's inputs: tensors in order, a shape list is the
     normalized (last) dim of the first tensor, scalars by kind in order, a bool nobody gives is False."""
     op = aten_op(overload)
+    schema_names = {arg.name for arg in op._schema.arguments}
     tensors = [a for a, i in zip(inputs, spec.inputs) if i.kind == "tensor"]
-    scalars = {kind: [a for a, i in zip(inputs, spec.inputs) if i.kind == kind] for kind in ("int", "float", "bool")}
+    # a scalar named like an ATen argument (ignore_index) goes there; the others fill by kind, in order
+    named = {i.name: a for a, i in zip(inputs, spec.inputs) if i.kind != "tensor" and i.name in schema_names}
+    scalars = {kind: [a for a, i in zip(inputs, spec.inputs) if i.kind == kind and i.name not in named]
+               for kind in ("int", "float", "bool")}
     first = tensors[0] if tensors else None
     out: list[Any] = []
     for arg in op._schema.arguments:
         if arg.kwarg_only:
             break
         typ = str(arg.type)
+        if arg.name in named:
+            out.append(named.pop(arg.name))
+            continue
+        if named and arg.has_default_value() and typ not in ("Tensor", "Optional[Tensor]"):
+            out.append(arg.default_value)  # a later argument is named by the spec: this one keeps ATen's default
+            continue
         if typ in ("Tensor", "Optional[Tensor]"):
             if tensors:
                 out.append(tensors.pop(0))

@@ -21,7 +21,7 @@ import torch
 from kernelgen.backends import get_backend
 from kernelgen.library import Op, load_op
 from kernelgen.verify import compare, plan, references, specrules, wall
-from kernelgen.verify.inputs import as_tuple, make_inputs, upcast
+from kernelgen.verify.inputs import as_tuple, flatten_leading, make_inputs, rowwise, upcast
 from kernelgen.verify.static import check_reference, check_source, module_functions
 from kernelgen.verify.verdict import Verdict
 
@@ -109,6 +109,8 @@ def verify_folder(
 
     # References first: a spec whose reference disagrees with ATen stops here, before any candidate runs.
     ref_requests = [((c.id,), c.args) for c in calls if c.kind == "call" and c.same_as is None]
+    nd_ids = {cid for g in groups if g.get("layout") == "nd" for cid in g["ids"]}
+    ref_requests += [(("flat", c.id), flatten_leading(spec, c.args)) for c in calls if c.id in nd_ids]
     ref_requests += [(k, a) for k, a in agree_requests] + _dtype_requests(spec, dtypes)
     try:
         got = refs_of(ref_requests)
@@ -118,6 +120,9 @@ def verify_folder(
     if problem:
         return done("spec", problem)
     refs = {k[0]: v for k, v in got.items() if len(k) == 1}
+    for g in groups:  # leading dims that change what the reference computes may be refused by the candidate
+        if g.get("layout") == "nd" and not all(rowwise(refs.get(i), got.get(("flat", i))) for i in g["ids"]):
+            g["refusable"] = True
     out_dtypes = _output_dtypes(dtypes, got)
 
     measure = perf and be.measures_performance and not sanitize  # timings under memcheck mean nothing

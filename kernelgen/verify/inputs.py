@@ -31,6 +31,36 @@ def input_shape(spec: OpSpec, inp, dims: dict[str, int], layout: str = "contiguo
     return shape
 
 
+def flatten_leading(spec: OpSpec, args: list[Any]) -> list[Any]:
+    """Arguments of the "several leading dims" layout with those dims folded back into one row dim: what a
+    reference that works row by row gives the same rows for."""
+    out = []
+    for inp, a in zip(spec.inputs, args):
+        if isinstance(a, torch.Tensor) and inp.kind == "tensor" and inp.shape and inp.shape[0] == spec.row_dim:
+            a = a.reshape(-1, *a.shape[len(ND_LEADING):])
+        out.append(a)
+    return out
+
+
+def rowwise(nd_out: Any, flat_out: Any) -> bool:
+    """Whether a reference's outputs on inputs with several leading dims are, row for row, its outputs on the
+    same inputs with those dims flattened. When they are not (a reference that names a dim by position,
+    such as softmax over dim=1), leading dims change what it computes, and an op may refuse them."""
+    if nd_out is None or flat_out is None or isinstance(nd_out, str) or isinstance(flat_out, str):
+        return False
+    nd_out, flat_out = as_tuple(nd_out), as_tuple(flat_out)
+    if len(nd_out) != len(flat_out):
+        return False
+    for a, b in zip(nd_out, flat_out):
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.numel() != b.numel():
+            return False
+        if a.dim() >= len(ND_LEADING) and a.shape[len(ND_LEADING):] != b.shape[1:]:
+            return False
+        if not torch.allclose(a.reshape(b.shape).double(), b.double(), rtol=1e-6, atol=1e-9, equal_nan=True):
+            return False
+    return True
+
+
 def nd_applies(spec: OpSpec) -> bool:
     """Whether any tensor input leads with the row dim (only those get several leading dims)."""
     return any(i.shape and i.shape[0] == spec.row_dim for i in spec.tensor_inputs())

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kernelgen.library import tuning_path, variant_path
+from kernelgen.scratch import scratch_prefix
 from kernelgen.verify.sandbox import DEFAULT_TIMEOUT, check_candidate, record_verdict
 from kernelgen.verify.verdict import Verdict
 
@@ -29,7 +30,7 @@ def bundle(folder: Path, backend: str) -> dict[str, bytes]:
 
 def verify_bundle(name: str, files: dict[str, bytes], backend: str, options: dict[str, Any]) -> tuple[dict, bool]:
     """Body of one Ray task: rebuild the op folder in scratch space and verify it there."""
-    with tempfile.TemporaryDirectory(prefix="kernelgen-ray-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=scratch_prefix("ray")) as tmp:
         folder = Path(tmp) / name  # the folder name is the op name, as in a library
         for rel, data in files.items():
             (folder / rel).parent.mkdir(parents=True, exist_ok=True)

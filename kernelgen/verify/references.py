@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from kernelgen.scratch import scratch_prefix
 from kernelgen.spec import OpSpec
 from kernelgen.verify import wall
 from kernelgen.verify.inputs import as_tuple, make_inputs, reference_function, upcast
@@ -39,7 +40,7 @@ def _sandboxed(sources: dict[str, str], requests: list[tuple[Any, str, list]], t
     keys = [key for key, _, _ in requests]
     plan = {"references": sources,
             "calls": [{"id": n, "reference": ref, "args": args} for n, (_, ref, args) in enumerate(requests)]}
-    with tempfile.TemporaryDirectory(prefix="kernelgen-reference-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=scratch_prefix("reference")) as tmp:
         scratch = Path(tmp)
         torch.save(plan, scratch / PLAN)
         run = wall.run_walled(child_argv(scratch, reference=True), scratch, timeout, sandbox=sandbox,

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from kernelgen.library import builtin_library, library_roots, load_op, ops_dir, source_hash, write_record
+from kernelgen.scratch import scratch_prefix
 from kernelgen.verify import wall
 from kernelgen.verify.static import check_reference, check_source
 from kernelgen.verify.verdict import Verdict
@@ -206,7 +207,7 @@ def run_child(wire: dict[str, Any], backend, timeout: float, sandbox: bool, devi
 
     from kernelgen.verify.worker import PLAN, RESULTS
 
-    with tempfile.TemporaryDirectory(prefix="kernelgen-verify-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=scratch_prefix("verify")) as tmp:
         scratch = Path(tmp)
         torch.save(wire, scratch / PLAN)
         env = child_env(scratch, backend.interpret, device)

