@@ -78,7 +78,10 @@ VARIANTS = {
                         "    return torch.empty(shape, dtype=dtype, device=device)\n\n\n"
                         "def silu(x, *, max_block=None):\n    N = x.shape[-1]\n"
                         "    y = _buffer(x.shape, x.dtype, x.device)"),
-                       ("import torch\n", "import functools\nimport torch\n")], "outputs", "an earlier call"),
+                       ("import torch\n", "import functools\nimport torch\n")],
+                      # the cache is state between calls: refused before it runs (the run-time rule on an earlier
+                      # call's output is tested in test_verify_compare.py)
+                      "static", "functools.lru_cache is not allowed"),
     "wrong_above_256": ([("        y = x / (1.0 + tl.exp(-x))",
                           "        y = tl.where(tl.abs(x) > 256, 0.0, x / (1.0 + tl.exp(-x)))")],
                         "accuracy", "large magnitude"),
