@@ -61,9 +61,10 @@ def verify_folder(
     op = load_op(folder)
     name = folder.name
     base: dict[str, Any] = dict(candidate=candidate or name, sandboxed=sandbox, trusted_reference=trusted_reference)
-    if op.broken:  # a spec.toml that does not validate is the spec's failure; a missing kernel.py, static
-        check = "spec" if (folder / "kernel.py").is_file() else "static"
-        return Verdict.fail(name, backend_name, check, op.error, **base), False
+    if op.broken:  # a spec.toml that does not validate is the spec's failure; a broken kernel.py, static
+        from kernelgen.verify.sandbox import broken_check
+
+        return Verdict.fail(name, backend_name, broken_check(folder, op.error), op.error, **base), False
     spec = op.spec
     base["source_hash"] = op.source_hash(backend_name)
     base["tolerances"] = specrules.widened(spec)

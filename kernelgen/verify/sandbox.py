@@ -106,14 +106,21 @@ def require_sandbox(backend: str) -> None:
         raise SandboxUnavailable(problem)
 
 
+def broken_check(folder: Path, error: str) -> str:
+    """The check a broken op folder fails: "static" for a missing or unparsable kernel.py (the candidate's
+    code), "spec" for a spec.toml that does not validate."""
+    kernel = folder / "kernel.py"
+    return "static" if not kernel.is_file() or error.startswith(str(kernel)) or "kernel.py" in error.split(":")[0] \
+        else "spec"
+
+
 def static_verdict(folder: Path, backend: str, candidate: str = "") -> Verdict | None:
     """A failing verdict before anything runs: "spec" when spec.toml does not validate, "static" when kernel.py
     is missing or its code (or the reference) fails the static check."""
     op = load_op(folder)
     if op.broken:
-        # a spec.toml that does not validate is the spec's failure; a missing kernel.py, static
-        check = "spec" if (folder / "kernel.py").is_file() else "static"
-        return Verdict.fail(folder.name, backend, check, op.error, candidate=candidate or folder.name)
+        return Verdict.fail(folder.name, backend, broken_check(folder, op.error), op.error,
+                            candidate=candidate or folder.name)
     assert op.spec is not None
     kernel = op.kernel_path_for(backend)
     problem = check_source(kernel.read_text(), str(kernel.relative_to(folder)))
