@@ -595,3 +595,11 @@ def test_sigterm_leaves_the_run_resumable_like_ctrl_c(cache, tmp_path):
     assert proc.returncode == 130 and f"interrupted; resume with: kernelgen resume {run_id}" in rest
     row = next(r for r in json.loads(invoke("runs", "--json").stdout) if r["run_id"] == run_id)
     assert row["status"] == "interrupted" and not row["killed"] and row["active_s"] > 0
+
+
+def test_unknown_words_of_a_long_request_are_named_once_in_a_short_line():
+    request = " ".join(["frobnicate"] * 300 + ["wibble"] * 300)
+    res = invoke("compose", request)
+    assert res.exit_code == 2
+    line = one_line(res.stderr)
+    assert len(line) < 400 and line.count("'frobnicate'") == 1 and line.count("'wibble'") == 1

@@ -175,7 +175,7 @@ def _refuse_unknown(request: str, items) -> None:
             if c not in close:
                 close.append(c)
     hint = f" (did you mean {', '.join(close[:MAX_SUGGESTIONS])}?)" if close else ""
-    raise ComposeError(f"cannot read {request.strip()!r}: not understood: {', '.join(map(repr, unknown[:8]))}"
+    raise ComposeError(f"cannot read {_quoted(request)}: not understood: {', '.join(map(repr, unknown[:8]))}"
                        f"{hint}; the words are listed in the README (The words), or write a formula such as "
                        "y = silu(x + bias)")
 
@@ -187,11 +187,11 @@ def _from_words(request: str) -> Reference:
     try:
         words = reader.read(items)
     except ReadError as exc:
-        raise ComposeError(f"cannot read {request.strip()!r}: {exc}") from None
+        raise ComposeError(f"cannot read {_quoted(request)}: {exc}") from None
     except Exception as exc:  # a bug in the reader must refuse the request, never crash the run
         raise ComposeError(f"internal error reading {request.strip()!r}: {type(exc).__name__}: {exc}") from None
     if not words.statements:
-        raise ComposeError(f"cannot read {request.strip()!r}: no op found")
+        raise ComposeError(f"cannot read {_quoted(request)}: no op found")
     text = "\n".join(words.statements) + "\n(" + ", ".join(words.outputs) + ",)"
     try:
         program = parse_program(text)
@@ -255,3 +255,10 @@ def _check_runs(ref: Reference) -> None:
 
 
 __all__ = ["ComposeError", "to_reference"]
+
+
+def _quoted(request: str, limit: int = 80) -> str:
+    """The request as an error message quotes it: whole when short, else its start (a long request would
+    make a line nobody reads)."""
+    text = " ".join(request.split())
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f" (+{len(text) - limit} characters)"
