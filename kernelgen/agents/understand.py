@@ -21,12 +21,9 @@ def short_compose_error(message: str) -> str:
 
 
 def text_front_end():
-    """`to_reference(request, name)` of the text front end, or None while it is not installed (then words
-    go through the composer, which writes its own reference from its reading of the words)."""
-    try:
-        from kernelgen.frontends.text import to_reference
-    except ImportError:
-        return None
+    """`to_reference(request, name)` of the text front end (words and formulas), imported when first needed."""
+    from kernelgen.frontends.text import to_reference
+
     return to_reference
 
 
@@ -56,10 +53,7 @@ def understand(state: dict) -> dict:
 
             ref = load_reference_file(opts["reference_file"], name)
         else:
-            to_reference = text_front_end()
-            if to_reference is None:
-                return _compose_words(request, name)
-            ref = to_reference(request, name)
+            ref = text_front_end()(request, name)
     except (ComposeError, ReferenceFileError) as exc:
         emit("understand", f"not understood: {short_compose_error(str(exc))}", "yellow")
         return {"composition": None, "compose_error": str(exc), "name": name, "spec": None}
@@ -90,28 +84,3 @@ def _from_reference(ref, name: str | None) -> dict:
         out.update(composition=None, compose_error=f"no kernel template fits the reference: {gen.refusal}")
     return out
 
-
-def _compose_words(request: str, name: str | None) -> dict:
-    """Words through the composer (used until the text front end is installed)."""
-    from kernelgen.frontends.composer import ComposeError, compose
-    from kernelgen.spec import dump_spec
-
-    try:
-        comp = compose(request, name=name)
-    except ComposeError as exc:
-        emit("understand", f"composer: {short_compose_error(str(exc))}", "yellow")
-        return {"composition": None, "compose_error": str(exc), "name": name, "spec": None}
-    ref_state = {"source": comp.spec.reference.strip("\n") + "\n", "origin": "words", "request": request,
-                 "name": comp.spec.name,
-                 "notes": ["written by the words composer from its own reading of the request"]}
-    show_reference("understand", ref_state)
-    emit("understand", f"composer: {comp.summary} -> op {comp.spec.name!r}", "green")
-    return {
-        "composition": {"kernel": comp.kernel_source, "summary": comp.summary},
-        "compose_error": "",
-        "name": comp.spec.name,
-        "spec": dump_spec(comp.spec),
-        "spec_origin": "composer",
-        "reference": ref_state,
-        "lowering": None,  # the composer built its fusion graph from the words, not from a trace
-    }
