@@ -9,6 +9,7 @@ changes what a model can do, only how fast it runs.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 
+from kernelgen import functional_routes
 from kernelgen.backends import default_backend, get_backend
 from kernelgen.backends.base import Backend
 from kernelgen.library import Op, discover, op_status
@@ -35,6 +37,7 @@ class Registration:
     calls: Counter = field(default_factory=Counter)  # op name -> calls served by our kernel
     fallbacks: Counter = field(default_factory=Counter)  # op name -> calls handed back to ATen
     min_numel: dict[str, int] = field(default_factory=dict)  # op name -> smallest input it takes (verified)
+    routes: list[tuple[str, Any]] = field(default_factory=list)  # (torch.nn.functional name, PyTorch's function)
     arguments: dict[str, Any] = field(default_factory=dict)  # the enable() call that made it, to restore it
 
 
@@ -185,6 +188,11 @@ def enable(
                         reg, op.name, getattr(module, ov.adapter), original, key != be.dispatch_key, min_numel
                     )
                     lib.impl(qualified, impl, key, with_keyset=True)
+                route = functional_routes.install(
+                    ov.overload, getattr(module, ov.adapter), be.dispatch_key.lower(),
+                    functools.partial(reg.calls.update, (op.name,)), min_numel)
+                if route is not None:
+                    reg.routes.append(route)
                 reg.ops.setdefault(op.name, []).append(ov.overload)
     _active[be.dispatch_key] = reg
     return sorted(reg.ops)
@@ -196,6 +204,8 @@ def disable(backend: str | None = None) -> None:
     for key in keys:
         reg = _active.pop(key, None)
         if reg is not None:
+            for name, original in reversed(reg.routes):
+                functional_routes.remove(name, original)
             reg.library._destroy()
 
 

@@ -206,6 +206,44 @@ class _Entry:
         self.function, self.metadata = kernel.function, kernel.packed_metadata
 
 
+class _Recording:
+    """The launches of one recording call (see kernelgen/plans.py): (entry, grid of 3, arguments) each."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+        self.complete = True
+
+    def add(self, entry, grid, args):
+        if entry is None or type(grid) is not tuple or not 1 <= len(grid) <= 3:
+            self.complete = False  # a launch the cached path cannot repeat
+            return
+        self.calls.append((entry, tuple(grid) + (1,) * (3 - len(grid)), args + entry.tail))
+
+
+@contextlib.contextmanager
+def recording():
+    """Within the block, cached launches are also recorded; yields the _Recording."""
+    rec = _state.recorder = _Recording()
+    try:
+        yield rec
+    finally:
+        _state.recorder = None
+
+
+def replay_allowed() -> bool:
+    """Whether a launch plan may replay now: the conditions of the cached path, and no recording under way."""
+    return (_use_cache and not getattr(_state, "no_launch", False) and getattr(_state, "recorder", None) is None
+            and not _hooks_active() and not _counted())
+
+
+def current_device():
+    return (_device_and_stream or _getters())[0]()
+
+
+def current_stream(device):
+    return (_device_and_stream or _getters())[1](device)
+
+
 class CachedLaunchJIT(JITFunction if JITFunction is not None else object):
     """A JITFunction whose `kernel[grid](...)` launches cached compiled kernels (see the module docstring).
     Instances are made by changing the class of a module's JITFunctions: everything else (compilation,
@@ -229,7 +267,14 @@ class CachedLaunchJIT(JITFunction if JITFunction is not None else object):
             key = entry = None
         if (entry is None or not _use_cache or type(grid) is not tuple or self.pre_run_hooks or _hooks_active()
                 or _counted()):
-            return self._launch_through_triton(grid, key, args, kwargs)
+            kernel = self._launch_through_triton(grid, key, args, kwargs)
+            rec = getattr(_state, "recorder", None)
+            if rec is not None:
+                rec.add(self._kg_cache.get(key) if key is not None and not self.pre_run_hooks else None, grid, args)
+            return kernel
+        rec = getattr(_state, "recorder", None)
+        if rec is not None:
+            rec.add(entry, grid, args)
         if entry.tail:
             args = args + entry.tail
         n = len(grid)

@@ -121,6 +121,8 @@ class Op:
             if launch and self.spec is not None and hasattr(module, self.spec.function):
                 # Replaced in the module itself, so ATen adapters that call the launcher get the tuning too.
                 setattr(module, self.spec.function, with_launch_params(getattr(module, self.spec.function), launch))
+            if self.spec is not None:
+                with_plans(module, [self.spec.function] + [ov.adapter for ov in self.spec.aten])
             self._modules[key] = module
         return self._modules[key]
 
@@ -177,6 +179,20 @@ def with_launch_params(launcher, launch: dict[str, Any]):
         return launcher(*args, **kwargs)
 
     return tuned
+
+
+def with_plans(module: types.ModuleType, names: list[str]) -> None:
+    """Give the module's launcher and ATen adapters launch plans (kernelgen/plans.py), replaced in the
+    module itself so an adapter that calls the launcher finds the planned one. Only for a module whose
+    kernels all take the cached launch path (compiled ones; the interpreter has nothing to replay)."""
+    from kernelgen import plans
+
+    if not plans.enabled() or not plans.plannable(module):
+        return
+    for name in names:
+        fn = getattr(module, name, None)
+        if callable(fn) and not hasattr(fn, "plans"):
+            setattr(module, name, plans.planned(fn))
 
 
 def load_kernel_module(path: Path, name: str) -> types.ModuleType:

@@ -9,46 +9,18 @@ same thing on a GPU against Triton's own cache.)
 from __future__ import annotations
 
 import time
-import types
 
 import pytest
 import torch
-import triton.language as tl
-from triton.runtime.jit import JITFunction
+from fake_triton import fake_kernel
 
 import kernelgen
 from kernelgen import launch
 
 
-def _scale_kernel(x_ptr, y_ptr, n, scale, BLOCK: tl.constexpr, FLAG: tl.constexpr = False):
-    pass  # never compiled here: the fake run below stands in for Triton
-
-
-class FakeCompiled:
-    def __init__(self, tag):
-        self.tag, self.function, self.packed_metadata, self.launches = tag, f"fn-{tag}", ("meta", tag), []
-
-    def run(self, *args):
-        self.launches.append(args)
-
-
 @pytest.fixture
 def kernel(monkeypatch):
-    compiled, calls = {}, []
-
-    def fake_run(self, *args, grid, warmup, **kwargs):
-        # Stands in for Triton: one compiled kernel per (dtype of x, constexprs) and a record of the call.
-        calls.append((args, grid, dict(kwargs)))
-        tag = (args[0].dtype, kwargs.get("BLOCK"), kwargs.get("FLAG", False))
-        return compiled.setdefault(tag, FakeCompiled(tag))
-
-    monkeypatch.setattr(JITFunction, "run", fake_run)
-    monkeypatch.setattr(launch, "_TRITON_RUN", fake_run)
-    monkeypatch.setattr(launch, "_device_and_stream", (lambda: 0, lambda device: 777))
-    module = types.ModuleType("fake_kernels")
-    module.k = JITFunction(_scale_kernel)
-    assert launch.accelerate(module) == ["k"]
-    assert isinstance(module.k, JITFunction) and type(module.k) is launch.CachedLaunchJIT
+    module, calls, compiled = fake_kernel(monkeypatch)
     return module.k, calls, compiled
 
 

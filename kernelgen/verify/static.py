@@ -37,6 +37,7 @@ FRAME_PREFIXES = ("gi_", "cr_", "ag_", "co_", "tb_")
 # Methods of tensors (and anything else) that leave the device computation or reach raw memory.
 FORBIDDEN_ATTRS = frozenset({
     "numpy", "tolist", "apply_", "map_", "map2_", "register_hook", "untyped_storage", "storage", "set_",
+    "data_ptr",  # launch plans (kernelgen/plans.py) rely on launchers never depending on addresses
     "share_memory_", "from_file", "from_numpy", "frombuffer", "system", "popen", "fork", "kill", "_exit",
     "get_type_hints", "ForwardRef", "_eval_type",
 })

@@ -1,0 +1,270 @@
+"""Launch plans: a library launcher's host work done once per argument signature, then replayed.
+
+A library launcher (and an ATen adapter around it) is plain Python: it checks its arguments, takes views,
+allocates its outputs and launches one or more compiled Triton kernels. Given the same signature of
+arguments (each tensor's dtype, shape, strides, device and 16-byte alignment; the value of every other
+argument) it does the same thing every time; only the data pointers differ. `planned(fn)` records that work
+once per signature and replays it on later calls: allocate the same buffers, launch the same cached kernels
+with the same grids and scalars and the new pointers, return the same structure. A replay is a generated
+function of a few lines, so a small call costs about what the allocation and the C launch cost.
+
+A plan is only made where the recording is known to be complete; otherwise that signature always runs the
+launcher itself:
+- every ATen op the launcher runs (watched with a TorchDispatchMode during the recording call) is an
+  allocation (`empty`, `empty_like`, `empty_strided`, `zeros`...) or a view; anything that computes (the copy
+  behind `.contiguous()`, a fill, an arithmetic op) means no plan;
+- every kernel launch went through the cached launch path of `kernelgen.launch` and the module has no other
+  kind of Triton launcher (an autotuner, a kernel not made cacheable);
+- every pointer handed to a kernel lies in exactly one argument or allocation (it is replayed as that
+  tensor's pointer plus the same byte offset);
+- everything returned is an allocation or a view of one, an argument itself, or a constant (NotImplemented,
+  None, a number).
+The contract a launcher must keep for this to be right: its work depends on its arguments' metadata and
+values of non-tensor arguments only, never on data pointers or tensor contents (kernel files may not read
+`data_ptr` or storages: the static check refuses them), nor on mutable global state (also refused).
+
+Replays hand the kernels plain integer pointers, which also skips the driver's per-pointer attribute
+query that a tensor argument costs in Triton's launcher; the key's device check (every tensor on the
+current accelerator) is what makes that safe. A call replays only under the conditions of the cached
+launch path (no profiler hooks, launches not being counted by the verifier, `no_launch()` off, cached
+launches on) and with plain tensors (FakeTensors under torch.compile run the launcher);
+KERNELGEN_LAUNCH_PLANS=0 switches plans off.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import types
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from kernelgen import launch
+
+MAX_PLANS = 64  # signatures per launcher; past it the plans start over
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+_SCALARS = (int, float, bool, str, type(None), torch.dtype)
+_aten = torch.ops.aten
+_ALLOCATIONS = {_aten.empty.memory_format, _aten.empty_like.default, _aten.empty_strided.default,
+                _aten.new_empty.default, _aten.new_empty_strided.default}
+_ZEROED = {_aten.zeros.default, _aten.zeros_like.default, _aten.new_zeros.default}
+_UNPLANNABLE = "unplannable"
+
+
+def enabled() -> bool:
+    return launch.enabled() and os.environ.get("KERNELGEN_LAUNCH_PLANS", "1") != "0"
+
+
+class _Unplannable(Exception):
+    pass
+
+
+_device_index = torch.Tensor.get_device  # -1 for a CPU tensor
+
+
+def _part(a, tensors):
+    """The key part of one argument (tensors are appended to `tensors`), or raise _Unplannable."""
+    if type(a) in _PLAIN:
+        device = _device_index(a)
+        if device < 0:
+            raise _Unplannable  # a CPU tensor: compiled kernels cannot take its pointer
+        tensors.append(a)
+        return (a.dtype, a.shape, a.stride(), device, not a.data_ptr() & 15)
+    if type(a) in _SCALARS:
+        return (type(a), a)
+    if type(a) in (tuple, list, torch.Size):
+        return (type(a), tuple(_part(v, tensors) for v in a))
+    raise _Unplannable
+
+
+def signature(args: tuple, kwargs: dict):
+    """(key, tensors) of a call: the key holds every property a launcher may depend on, tensors the tensor
+    arguments in the order replays receive them. (None, None) when the call has an argument no plan
+    covers (a FakeTensor, a CPU tensor, an object)."""
+    tensors: list = []
+    try:
+        parts = tuple(_part(a, tensors) for a in args)
+        if kwargs:
+            parts += tuple((name, _part(v, tensors)) for name, v in kwargs.items())
+        key = (launch.current_device(), parts)
+        hash(key)
+    except (_Unplannable, TypeError):
+        return None, None
+    return key, tensors
+
+
+class _Watch(TorchDispatchMode):
+    """Sees every ATen op of the recording call: keeps the allocations, notes any op that computes."""
+
+    def __init__(self):
+        super().__init__()
+        self.allocations: list[tuple[torch.Tensor, bool]] = []  # (tensor, zero-filled)
+        self.computes: str | None = None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in _ALLOCATIONS or func in _ZEROED:
+            self.allocations.append((out, func in _ZEROED))
+        elif not func.is_view and self.computes is None:
+            self.computes = str(func)
+        return out
+
+
+def _span(t: torch.Tensor) -> tuple[int, int]:
+    """[first byte, past last byte) of the elements a tensor reaches."""
+    lo = hi = t.data_ptr()
+    if t.numel() == 0:
+        return lo, lo
+    size = t.element_size()
+    for n, s in zip(t.shape, t.stride()):
+        reach = (n - 1) * s * size
+        if reach < 0:
+            lo += reach
+        else:
+            hi += reach
+    return lo, hi + size
+
+
+def _owner(ptr: int, owners: list[tuple[str, int, torch.Tensor]]):
+    """The one (kind, index, offset) whose tensor holds ptr, or raise _Unplannable."""
+    found = []
+    for kind, i, t in owners:
+        lo, hi = _span(t)
+        if lo <= ptr < hi or ptr == t.data_ptr():
+            found.append((kind, i, ptr - t.data_ptr()))
+    if len(found) != 1:
+        raise _Unplannable  # pointing nowhere known, or into two arguments at once
+    return found[0]
+
+
+class _Source:
+    """Builds the source of one replay function, binding objects under generated names."""
+
+    def __init__(self):
+        self.scope: dict = {"empty_like": torch.empty_like, "empty_strided": torch.empty_strided,
+                            "as_strided": torch.as_strided}
+        self.lines: list[str] = []
+
+    def bind(self, value) -> str:
+        name = f"c{len(self.scope)}"
+        self.scope[name] = value
+        return name
+
+
+def _tensor_ref(kind: str, i: int) -> str:
+    return f"t{i}" if kind == "input" else f"b{i}"
+
+
+def _output_expr(out, inputs, buffers, src: _Source) -> str:
+    if isinstance(out, torch.Tensor):
+        for i, t in enumerate(inputs):
+            if out is t:
+                return f"t{i}"
+        for j, b in enumerate(buffers):
+            if out is b:
+                return f"b{j}"
+        for j, b in enumerate(buffers):
+            if out.untyped_storage().data_ptr() == b.untyped_storage().data_ptr() and out.device == b.device:
+                return (f"as_strided(b{j}, {src.bind(tuple(out.shape))}, {src.bind(tuple(out.stride()))}, "
+                        f"{out.storage_offset()})")
+        raise _Unplannable  # a view of an argument, or a tensor from elsewhere
+    if isinstance(out, (tuple, list)):
+        items = [_output_expr(o, inputs, buffers, src) for o in out]
+        body = "(" + "".join(f"{e}, " for e in items) + ")"
+        return body if type(out) is tuple else f"{src.bind(type(out))}({body})"
+    if out is None or out is NotImplemented or type(out) in (int, float, bool):
+        return src.bind(out)
+    raise _Unplannable
+
+
+def _buffer_expr(t: torch.Tensor, zeroed: bool, inputs, src: _Source) -> str:
+    for i, x in enumerate(inputs):
+        # empty_like keeps the strides of a dense input, so the same metadata means the same buffer
+        if (x.shape == t.shape and x.stride() == t.stride() and x.dtype == t.dtype and x.device == t.device
+                and x.is_contiguous() and not zeroed):
+            return f"empty_like(t{i})"
+    expr = (f"empty_strided({src.bind(tuple(t.shape))}, {src.bind(tuple(t.stride()))}, dtype={src.bind(t.dtype)}, "
+            f"device={src.bind(t.device)})")
+    return expr + ".zero_()" if zeroed else expr
+
+
+def build(launches: list, watch: _Watch, out, inputs: list) -> types.FunctionType:
+    """The replay function `replay(t0, t1, ..., stream)` of a recorded call, or raise _Unplannable."""
+    if watch.computes is not None:
+        raise _Unplannable
+    buffers = [t for t, _ in watch.allocations]
+    owners = [("input", i, t) for i, t in enumerate(inputs)] + [("buffer", j, b) for j, b in enumerate(buffers)]
+    src = _Source()
+    for j, (t, zeroed) in enumerate(watch.allocations):
+        src.lines.append(f"b{j} = {_buffer_expr(t, zeroed, inputs, src)}")
+    for entry, grid, args in launches:
+        call_args = []
+        for a in args:
+            if isinstance(a, torch.Tensor):
+                kind, i, offset = _owner(a.data_ptr(), owners)
+                call_args.append(f"{_tensor_ref(kind, i)}.data_ptr()" + (f" + {offset}" if offset else ""))
+            else:
+                call_args.append(src.bind(a))
+        g = ", ".join(str(int(v)) for v in grid)
+        src.lines.append(f"{src.bind(entry.run)}({g}, stream, {src.bind(entry.function)}, {src.bind(entry.metadata)}, "
+                         f"None, None, None, {', '.join(call_args)})")
+    src.lines.append(f"return {_output_expr(out, inputs, buffers, src)}")
+    params = "".join(f"t{i}, " for i in range(len(inputs)))
+    code = f"def replay({params}stream):\n" + "".join(f"    {line}\n" for line in src.lines)
+    exec(code, src.scope)  # noqa: S102 - source built above from recorded positions; objects are bound by name
+    replay = src.scope["replay"]
+    replay.source = code
+    return replay
+
+
+def _record(fn, args, kwargs, inputs):
+    """Run fn while recording; returns (its result, a replay function or _UNPLANNABLE)."""
+    watch = _Watch()
+    with launch.recording() as launches, watch:
+        out = fn(*args, **kwargs)
+    try:
+        if launches is None or not launches.complete:
+            raise _Unplannable
+        return out, build(launches.calls, watch, out, inputs)
+    except _Unplannable:
+        return out, _UNPLANNABLE
+
+
+def plannable(module: types.ModuleType) -> bool:
+    """Whether every Triton launcher of a kernel module goes through the cached launch path (plans can only
+    see launches made there)."""
+    from triton.runtime.jit import KernelInterface  # JITFunction, Autotuner, Heuristics, the interpreter's
+
+    kernels = [v for v in vars(module).values() if isinstance(v, KernelInterface)]
+    return bool(kernels) and all(type(v) is launch.CachedLaunchJIT for v in kernels)
+
+
+def planned(fn):
+    """fn with launch plans (see the module docstring). The second call of a signature records its plan;
+    later calls replay it."""
+    plans: dict = {}  # key -> replay function, _UNPLANNABLE, or the number of plain calls so far
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        if not launch.replay_allowed():
+            return fn(*args, **kwargs)
+        key, tensors = signature(args, kwargs)
+        if key is None:
+            return fn(*args, **kwargs)
+        plan = plans.get(key)
+        if type(plan) is types.FunctionType:
+            return plan(*tensors, launch.current_stream(key[0]))
+        if plan is None:  # first call: compiles and fills the launch caches
+            if len(plans) >= MAX_PLANS:
+                plans.clear()
+            plans[key] = 1
+            return fn(*args, **kwargs)
+        if plan == _UNPLANNABLE:
+            return fn(*args, **kwargs)
+        out, plans[key] = _record(fn, args, kwargs, tensors)
+        return out
+
+    call.plans = plans
+    call.unplanned = fn
+    return call

@@ -1,0 +1,99 @@
+"""enable()'s routes from torch.nn.functional to library adapters (kernelgen/functional_routes.py): served
+calls skip the dispatcher; every call a route must not take runs PyTorch's function; disable() restores."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kernelgen
+from kernelgen import functional_routes
+from kernelgen.verify.guard import count_launches
+
+
+def _aten_ops_seen(fn) -> set[str]:
+    """Names of the ATen ops the dispatcher ran for fn (the profiler sees dispatcher calls, not modes)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.name for e in prof.events()}
+
+
+@pytest.mark.parametrize("op, name, call", [
+    ("rms_norm", "rms_norm", lambda x, w: F.rms_norm(x, (x.shape[-1],), w, 1e-6)),
+    ("softmax", "softmax", lambda x, w: F.softmax(x, dim=-1)),
+    ("log_softmax", "log_softmax", lambda x, w: F.log_softmax(x, -1)),
+    ("layer_norm", "layer_norm", lambda x, w: F.layer_norm(x, (x.shape[-1],), w, None, 1e-5)),
+    ("cross_entropy", "cross_entropy", lambda x, w: F.cross_entropy(x, torch.arange(x.shape[0]) % x.shape[1])),
+])
+def test_served_calls_skip_the_dispatcher_and_match_pytorch(op, name, call, interpreter):
+    original = getattr(F, name)
+    x, w = torch.randn(4, 48), torch.randn(48)
+    expected = call(x, w)
+    assert kernelgen.enable(backend="interpreter", policy="all", include=[op]) == [op]
+    try:
+        assert getattr(F, name) is not original and getattr(F, name).kernelgen_original is original
+        with count_launches() as launches:
+            got = call(x, w)
+        assert launches.total_launches >= 1 and kernelgen.status()["interpreter"]["calls"][op] == 1
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        seen = _aten_ops_seen(lambda: call(x, w))
+        overload = {"softmax": "aten::_softmax", "log_softmax": "aten::_log_softmax",
+                    "layer_norm": "aten::native_layer_norm", "rms_norm": "aten::rms_norm",
+                    "cross_entropy": "aten::cross_entropy_loss"}[op]
+        assert overload not in seen, seen
+    finally:
+        kernelgen.disable()
+    assert getattr(F, name) is original
+
+
+def test_calls_a_route_must_not_take_run_pytorchs_function(interpreter):
+    x = torch.randn(4, 48)
+    kernelgen.enable(backend="interpreter", policy="all", include=["softmax", "rms_norm"])
+    try:
+        # a dtype cast, the implicit dim: PyTorch's function (which reaches the ATen override below)
+        assert "aten::_softmax" in _aten_ops_seen(lambda: F.softmax(x, -1, dtype=torch.float32))
+        # gradients: PyTorch's function, ATen's autograd around our forward
+        xg = x.clone().requires_grad_()
+        F.softmax(xg, -1).sum().backward()
+        assert xg.grad is not None
+        # a dim the kernel does not cover: handed back once, counted once
+        expected = torch.softmax(x.double(), 0).float()
+        before = kernelgen.status()["interpreter"]["fallbacks"].get("softmax", 0)
+        torch.testing.assert_close(F.softmax(x, 0), expected)
+        assert kernelgen.status()["interpreter"]["fallbacks"]["softmax"] == before + 1
+        # a dispatch mode must see every op: a route steps aside
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        class Seen(TorchDispatchMode):
+            ops: list = []
+
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                self.ops.append(str(func))
+                return func(*args, **(kwargs or {}))
+
+        with Seen() as mode:
+            F.softmax(x, -1)
+        assert any("_softmax" in o for o in mode.ops)
+        # a tensor subclass (as FakeTensor and DTensor are) goes to PyTorch's function
+        sub = x.as_subclass(type("Sub", (torch.Tensor,), {}))
+        assert "aten::rms_norm" in _aten_ops_seen(lambda: F.rms_norm(sub, (48,)))
+        assert "aten::rms_norm" not in _aten_ops_seen(lambda: F.rms_norm(x, (48,)))
+    finally:
+        kernelgen.disable()
+
+
+def test_a_route_for_another_device_runs_pytorchs_function():
+    seen = []
+    route = functional_routes.make_route(lambda *a, **k: seen.append("original") or "pytorch",
+                                         lambda *a: seen.append("adapter") or "ours",
+                                         functional_routes._rms_norm, "cuda", lambda: seen.append("served"))
+    assert route(torch.randn(2, 8), (8,)) == "pytorch" and seen == ["original"]
+
+
+def test_routes_can_be_switched_off(interpreter, monkeypatch):
+    monkeypatch.setenv("KERNELGEN_FUNCTIONAL_ROUTES", "0")
+    original = F.rms_norm
+    kernelgen.enable(backend="interpreter", policy="all", include=["rms_norm"])
+    try:
+        assert F.rms_norm is original
+    finally:
+        kernelgen.disable()

@@ -1,0 +1,189 @@
+"""Launch plans (kernelgen/plans.py): a launcher's host work recorded once per signature and replayed.
+
+No GPU here: Triton's compiled side is the fake of tests/fake_triton.py, and CPU tensors stand in for device
+tensors (the plans' device check is pointed at device 0). The recording, the pointer mapping, the generated
+replay and every refusal are the real code. `benchmarks/bench_launch_models.py --part check` compares
+replays with the launchers themselves on a GPU, bit for bit, for every library op.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fake_triton import fake_kernel
+
+from kernelgen import launch, plans
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    module, calls, compiled = fake_kernel(monkeypatch)
+    monkeypatch.setattr(plans, "_device_index", lambda t: 0)
+    return module, calls, compiled
+
+
+def _launches(compiled):
+    return compiled.log
+
+
+def _planned(fn):
+    ran = []
+
+    def counted(*args, **kwargs):
+        ran.append(1)
+        return fn(*args, **kwargs)
+
+    return plans.planned(counted), ran
+
+
+def test_third_call_replays_with_the_new_pointers(fake):
+    module, calls, compiled = fake
+    k = module.k
+
+    def scale(x, s=0.5):
+        y = torch.empty_like(x)
+        k[(x.numel() // 16,)](x.view(-1), y, x.numel(), float(s), BLOCK=16, num_warps=2)
+        return y
+
+    fn, ran = _planned(scale)
+    for _ in range(2):  # the first call warms the caches, the second records
+        fn(torch.randn(4, 16), 0.25)
+    assert len(ran) == 2 and len(_launches(compiled)) == 1  # Triton's path first, then the cached one
+    x = torch.randn(4, 16)
+    y = fn(x, 0.25)
+    assert len(ran) == 2  # replayed: the launcher did not run
+    assert y.shape == x.shape and y.dtype == x.dtype and y.data_ptr() != x.data_ptr()
+    args = _launches(compiled)[-1]
+    assert args[:4] == (4, 1, 1, 777) and args[7:9] == (None, None)
+    # pointers are handed over as integers: the new x and the new output
+    assert args[9:] == (x.data_ptr(), y.data_ptr(), 64, 0.25, 16, False)
+    fn(x, 0.5)  # another scalar value: another signature, the launcher runs
+    fn(torch.randn(8, 16), 0.25)  # another shape
+    fn(x.double(), 0.25)  # another dtype
+    fn(torch.randn(65)[1:].view(4, 16), 0.25)  # not 16-byte aligned
+    assert len(ran) == 6
+
+
+def test_offsets_views_and_several_launches_replay_exactly(fake):
+    module, _, compiled = fake
+    k = module.k
+
+    def two_steps(x):
+        out = torch.empty((x.shape[0] * 2, x.shape[1]), dtype=x.dtype, device=x.device)
+        k[(2,)](x[1:], out[3:], 5, 1.0, BLOCK=16)
+        k[(1, 2)](out, x, 7, 2.0, BLOCK=32, FLAG=True)
+        return out.view(2, -1)[1], NotImplemented
+
+    fn, ran = _planned(two_steps)
+    fn(torch.randn(6, 8))
+    fn(torch.randn(6, 8))
+    x = torch.randn(6, 8)
+    out, flag = fn(x)
+    assert len(ran) == 2 and flag is NotImplemented
+    assert out.shape == (48,)
+    first, second = _launches(compiled)[-2:]
+    base = out.data_ptr() - 48 * 4  # the returned row is the second half of the allocation
+    assert first[:4] == (2, 1, 1, 777) and first[9:11] == (x.data_ptr() + 8 * 4, base + 3 * 8 * 4)
+    assert second[:4] == (1, 2, 1, 777) and second[9:11] == (base, x.data_ptr())
+    assert second[11:] == (7, 2.0, 32, True)
+
+
+def test_not_implemented_replays_without_running_the_adapter(fake):
+    fn, ran = _planned(lambda x, dim: NotImplemented if dim != -1 else x)
+    for _ in range(3):
+        assert fn(torch.randn(4), 0) is NotImplemented
+    assert len(ran) == 2
+    x = torch.randn(4)
+    assert fn(x, -1) is x and fn(x, -1) is x  # an argument returned as itself
+
+
+@pytest.mark.parametrize("case", ["computes", "unknown pointer", "view of an argument", "cpu tensor", "object"])
+def test_calls_a_plan_cannot_repeat_always_run_the_launcher(fake, monkeypatch, case):
+    module, _, compiled = fake
+    k = module.k
+    outside = torch.randn(16)
+
+    def launcher(x, extra=None):
+        y = torch.empty_like(x)
+        if case == "computes":
+            x = x.contiguous().clone()  # a copy on the device: a replay would skip it
+        ptr = outside if case == "unknown pointer" else x
+        k[(1,)](ptr, y, 16, 1.0, BLOCK=16)
+        return x[1:] if case == "view of an argument" else y
+
+    fn, ran = _planned(launcher)
+    if case == "cpu tensor":
+        monkeypatch.setattr(plans, "_device_index", lambda t: -1)
+    extra = object() if case == "object" else None
+    for _ in range(4):
+        fn(torch.randn(16), extra)
+    assert len(ran) == 4
+    assert len(_launches(compiled)) == 3  # every call launched through the launcher itself
+
+
+def test_zeroed_buffers_are_zeroed_again(fake):
+    module, _, _ = fake
+
+    def launcher(x):
+        acc = torch.zeros(4, dtype=torch.float32, device=x.device)
+        module.k[(1,)](x, acc, 4, 1.0, BLOCK=16)
+        return acc
+
+    fn, ran = _planned(launcher)
+    fn(torch.randn(4))
+    fn(torch.randn(4))
+    out = fn(torch.randn(4))
+    assert len(ran) == 2 and torch.equal(out, torch.zeros(4))
+    assert ".zero_()" in fn.plans[next(iter(fn.plans))].source
+
+
+def test_replays_step_aside_for_counting_hooks_no_launch_and_switches(fake):
+    module, _, _ = fake
+
+    def launcher(x):
+        y = torch.empty_like(x)
+        module.k[(1,)](x, y, 16, 1.0, BLOCK=16)
+        return y
+
+    fn, ran = _planned(launcher)
+    x = torch.randn(16)
+    fn(x)
+    fn(x)
+    fn(x)
+    assert len(ran) == 2
+    from kernelgen.verify.guard import count_launches
+
+    with count_launches():  # the verifier must see every launch
+        fn(x)
+    with launch.no_launch():
+        fn(x)
+    before = launch.set_cached_launches(False)
+    try:
+        fn(x)
+    finally:
+        launch.set_cached_launches(before)
+    assert len(ran) == 5
+    fn(x)
+    assert len(ran) == 5
+
+
+def test_only_modules_whose_kernels_all_take_the_cached_path_get_plans(fake):
+    import types
+
+    from fake_triton import _scale_kernel
+    from triton.runtime.jit import JITFunction
+
+    module, _, _ = fake
+    assert plans.plannable(module)
+    other = types.ModuleType("other")
+    other.k = JITFunction(_scale_kernel)  # not accelerated: its launches are invisible to a recording
+    other.j = module.k
+    assert not plans.plannable(other)
+    assert not plans.plannable(types.ModuleType("no_kernels"))
+
+
+def test_kernel_files_may_not_read_addresses():
+    from kernelgen.verify.static import check_source
+
+    problem = check_source("import torch\ndef f(x):\n    return x.data_ptr() % 16\n")
+    assert problem and "data_ptr" in problem
