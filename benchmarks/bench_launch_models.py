@@ -5,15 +5,18 @@
 
 Parts (each bounded in time, each can run alone with --part; all by default, in this order):
 
-- check:   the cached launch path gives bit-identical outputs to Triton's own path for the library ops, on
-           fresh inputs in three dtypes, with 16-byte aligned and misaligned views (a cache miss, then hits),
+- check:   the cached launch path and launch plans give bit-identical outputs to Triton's own path for the
+           library ops, on fresh inputs in three dtypes, with 16-byte aligned and misaligned views (a cache
+           miss, a hit that records the plan, two replays; the number of plans made is reported),
            and every cached kernel is the one Triton's own cache holds for that call (where the installed
            Triton exposes its binder);
 - host:    host cost per call at 16x4096 bf16 (2,000 back-to-back calls, one sync) of rms_norm, softmax and
            silu_and_mul: eager PyTorch; `kernelgen.ops.NAME(...)` written out per call; a pre-fetched
-           launcher; the same with the cached launch path off (Triton's run); through `kernelgen.enable()`
-           (ops that override an ATen op); each as a ratio to eager measured in the same process, the best
-           of 5 interleaved rounds (benchmarks/host_profile.py breaks one launch into its pieces);
+           launcher (with its launch plans, kernelgen/plans.py); the same without plans; the same with the
+           cached launch path off too (Triton's run); through `kernelgen.enable()` by the functional (its
+           route) and by the torch.* name (through the dispatcher's override), next to eager by both names;
+           each as a ratio to eager measured in the same process, the best of 5 interleaved rounds
+           (benchmarks/host_profile.py breaks one launch into its pieces);
 - device:  GPU time of one call at 16x4096 (and 4096x4096) bf16 by replaying a CUDA graph of the call after
            an L2 flush (no host cost in it), eager vs ours;
 - kernels: softmax and log_softmax at 4096x32000 and rotary_embedding at 16K tokens (32/8 heads, D 128) as a
@@ -134,19 +137,38 @@ def part_check(device, tiny, quick) -> dict:
         launch.set_cached_launches(False)
         want = fn(*args)
         launch.set_cached_launches(True)
-        got = [fn(*args), fn(*args)]  # a miss (Triton's path fills the cache), then a hit
+        # a miss (Triton's path fills the cache and the launch plan counts the call), a hit that records
+        # the plan, then two replays of the plan
+        got = [fn(*args) for _ in range(4)]
         want = want if isinstance(want, tuple) else (want,)
         for g_ in got:
             g_ = g_ if isinstance(g_, tuple) else (g_,)
             if not all(torch.equal(a, b) or (torch.isnan(a).all() and torch.isnan(b).all()) for a, b in zip(g_, want)):
                 out["mismatches"].append(f"{name} {args[0].dtype} ptr%16={args[0].data_ptr() % 16}")
         out["cases"] += 1
+    out["plans"] = _plan_counts()
     if device == "cuda":
         out["kernel_identity"] = _kernel_identity()
     else:
         out["kernel_identity"]["skipped"] = "the interpreter has no compiled kernels to cache"
     out["passed"] = not out["mismatches"] and not out["kernel_identity"]["different"]
     return out
+
+
+def _plan_counts() -> dict:
+    """op launcher/adapter -> {"replayable": signatures with a plan, "unplannable": signatures without}."""
+    import kernelgen
+
+    counts = {}
+    for name in ("rms_norm", "softmax", "log_softmax", "silu_and_mul", "fused_add_rms_norm", "layer_norm",
+                 "cross_entropy", "rotary_embedding"):
+        plans = getattr(getattr(kernelgen.ops, name).launcher, "plans", None)
+        if plans is None:
+            counts[name] = "no plans (interpreted kernels)"
+            continue
+        counts[name] = {"replayable": sum(callable(p) for p in plans.values()),
+                        "unplannable": sum(p == "unplannable" for p in plans.values())}
+    return counts
 
 
 def _kernel_identity() -> dict:
@@ -189,11 +211,13 @@ def _small_calls(device, M, N):
     rms, soft = kernelgen.ops.rms_norm.launcher, kernelgen.ops.softmax.launcher
     silu = kernelgen.ops.silu_and_mul.launcher
     return {
+        # "dispatcher": the same ATen op called by its torch.* name, which no functional route covers
         "rms_norm": {"eager": lambda: F.rms_norm(x, (N,), w, 1e-6),
                      "ops_written_out": lambda: kernelgen.ops.rms_norm(x, w, 1e-6),
-                     "prefetched": lambda: rms(x, w, 1e-6)},
+                     "prefetched": lambda: rms(x, w, 1e-6),
+                     "dispatcher": lambda: torch.rms_norm(x, (N,), w, 1e-6)},
         "softmax": {"eager": lambda: F.softmax(x, -1), "ops_written_out": lambda: kernelgen.ops.softmax(x),
-                    "prefetched": lambda: soft(x)},
+                    "prefetched": lambda: soft(x), "dispatcher": lambda: torch.softmax(x, -1)},
         "silu_and_mul": {"eager": lambda: F.silu(a) * b, "ops_written_out": lambda: kernelgen.ops.silu_and_mul(a, b),
                          "prefetched": lambda: silu(a, b)},
     }
@@ -201,7 +225,7 @@ def _small_calls(device, M, N):
 
 def part_host(device, backend, tiny, quick) -> dict:
     import kernelgen
-    from kernelgen import launch
+    from kernelgen import launch, plans
 
     M, N = (4, 64) if tiny else (16, 4096)
     calls = 20 if tiny else (500 if quick else 2000)
@@ -212,13 +236,18 @@ def part_host(device, backend, tiny, quick) -> dict:
         # Interleaved rounds, the best of each: one round of 2,000 calls per mode swung by 30% between runs.
         row = {}
         for _ in range(rounds):
-            timed = {mode: host_us(fn, device, calls) for mode, fn in fns.items()}
+            timed = {mode: host_us(fn, device, calls) for mode, fn in fns.items() if mode != "dispatcher"}
+            plans.set_replays(False)
+            timed["prefetched_no_plan"] = host_us(fns["prefetched"], device, calls)
             launch.set_cached_launches(False)
             timed["prefetched_triton_run"] = host_us(fns["prefetched"], device, calls)
             launch.set_cached_launches(True)
+            plans.set_replays(True)
             if op != "silu_and_mul":  # silu_and_mul overrides no ATen op
+                timed["eager_dispatcher"] = host_us(fns["dispatcher"], device, calls)
                 kernelgen.enable(backend=backend, policy="all", include=[op])
-                timed["through_enable"] = host_us(fns["eager"], device, calls)
+                timed["through_enable"] = host_us(fns["eager"], device, calls)  # the functional route
+                timed["through_enable_dispatcher"] = host_us(fns["dispatcher"], device, calls)
                 kernelgen.disable()
             for mode, us in timed.items():
                 row[mode] = min(row.get(mode, us), us)

@@ -52,8 +52,18 @@ _ZEROED = {_aten.zeros.default, _aten.zeros_like.default, _aten.new_zeros.defaul
 _UNPLANNABLE = "unplannable"
 
 
+_replays_on = True  # set_replays(False): planned launchers run the launcher itself (benchmarks, debugging)
+
+
 def enabled() -> bool:
     return launch.enabled() and os.environ.get("KERNELGEN_LAUNCH_PLANS", "1") != "0"
+
+
+def set_replays(on: bool) -> bool:
+    """Switch replays on or off for every planned launcher; returns the previous state."""
+    global _replays_on
+    before, _replays_on = _replays_on, bool(on)
+    return before
 
 
 class _Unplannable(Exception):
@@ -247,7 +257,7 @@ def planned(fn):
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
-        if not launch.replay_allowed():
+        if not _replays_on or not launch.replay_allowed():
             return fn(*args, **kwargs)
         key, tensors = signature(args, kwargs)
         if key is None:
