@@ -113,9 +113,10 @@ def _check_cases(device, tiny):
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         for offset in (0, 1):  # 1: the data pointer is 2 or 4 bytes past a 16-byte boundary
             x, w, r = rand(M, N, dtype=dtype, offset=offset), rand(1, N, dtype=dtype)[0], rand(M, N, dtype=dtype)
+            b = rand(1, N, dtype=dtype)[0]
             cases += [("rms_norm", (x, w, 1e-6)), ("softmax", (x,)), ("log_softmax", (x,)),
                       ("silu_and_mul", (x, r)), ("fused_add_rms_norm", (x, r, w, 1e-6)),
-                      ("layer_norm", (x, w, w, 1e-5)),
+                      ("layer_norm", (x, w, b, 1e-5)),
                       ("cross_entropy", (x, torch.randint(0, N, (M,), device=device, generator=g)))]
             T = 4 if tiny else 32
             q = rand(T * 4, 16, dtype=dtype, offset=offset).view(T, 4, 16)

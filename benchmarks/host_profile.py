@@ -48,7 +48,8 @@ def pieces(op_name, kernel_name, eager, call, raw_args_fn):
     import kernelgen
     from kernelgen import launch
 
-    jit = call.fn.__globals__[kernel_name]  # the kernel the launcher launches (its module's)
+    launcher = getattr(call.fn, "unplanned", call.fn)  # the launcher itself, under its launch plans
+    jit = launcher.__globals__[kernel_name]  # the kernel the launcher launches (its module's)
     call()
     torch.cuda.synchronize()
     cache = jit.launch_cache()
@@ -63,6 +64,24 @@ def pieces(op_name, kernel_name, eager, call, raw_args_fn):
     kwargs = dict(key[-1])
     full_args = args + entry.tail  # the values of the parameters after the positional ones
 
+    int_args = tuple(a.data_ptr() if isinstance(a, torch.Tensor) else a for a in full_args)
+    plan_pieces = {}
+    if hasattr(call.fn, "plans"):
+        for _ in range(3):
+            call()  # the first call of a signature, the one that records its plan, then a replay
+        from kernelgen import plans
+
+        (plan_key, replay), = [(k, v) for k, v in call.fn.plans.items() if callable(v)]
+        sig = call.fn.signatures[len(call.args)]
+        tensors = [a for a in call.args if isinstance(a, torch.Tensor)]
+        plan_pieces = {
+            "plan: replay allowed (checks)": launch.replay_allowed,
+            "plan: signature": lambda: sig(call.args, {}),
+            "plan: lookup": lambda: call.fn.plans.get(plan_key),
+            "plan: replay function alone": lambda: replay(*tensors, stream),
+            "plans off (launcher + cached launch)": lambda: (plans.set_replays(False), call(), plans.set_replays(True)),
+        }
+
     def no_launch_call():
         with launch.no_launch():
             call()
@@ -70,7 +89,7 @@ def pieces(op_name, kernel_name, eager, call, raw_args_fn):
     fns = {
         "eager": eager,
         "ops_written_out": lambda: getattr(kernelgen.ops, op_name)(*call.args),
-        "prefetched": call,
+        "prefetched (with its launch plan)": call,
         "launcher_python_only (no_launch)": no_launch_call,
         "no_launch context alone": lambda: launch.no_launch().__enter__(),
         "get_device": get_device,
@@ -84,6 +103,9 @@ def pieces(op_name, kernel_name, eager, call, raw_args_fn):
         "_launch (key+lookup+launch)": lambda: jit[grid](*args, **kwargs),
         "jit[grid] alone (partial)": lambda: jit[grid],
         "torch.empty_like": lambda: torch.empty_like(call.args[0]),
+        "compiled launcher alone, integer pointers": lambda: entry.run(
+            grid[0], 1, 1, stream, entry.function, entry.metadata, None, None, None, *int_args),
+        **plan_pieces,
     }
     run = entry.run
     if getattr(run, "global_scratch_size", 1) == 0 and getattr(run, "profile_scratch_size", 1) == 0:

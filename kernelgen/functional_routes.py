@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import operator
 import os
 
 import torch
@@ -73,6 +74,7 @@ def _modes_active() -> bool:
 def make_route(original, adapter, translate, device_type: str, served, min_numel: int = 0):
     """The function that takes F.<name>'s place (see the module docstring)."""
     call, tensor_params = translate(adapter)
+    on_device = operator.attrgetter(f"is_{device_type}")  # t.is_cuda: a flag, where t.device builds an object
     params = list(inspect.signature(call).parameters)
     positions = [(params.index(p), p) for p in tensor_params]
 
@@ -83,7 +85,7 @@ def make_route(original, adapter, translate, device_type: str, served, min_numel
             t = args[i] if i < len(args) else kwargs.get(name)
             if t is None and i > 0:
                 continue  # an optional tensor not given
-            if type(t) not in _PLAIN or t.device.type != device_type or (grad and t.requires_grad):
+            if type(t) not in _PLAIN or not on_device(t) or (grad and t.requires_grad):
                 return original(*args, **kwargs)
         if _modes_active() or torch.compiler.is_compiling():
             return original(*args, **kwargs)

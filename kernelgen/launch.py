@@ -55,7 +55,14 @@ _INT32_MIN, _INT32_MAX = -(1 << 31), (1 << 31) - 1
 _UINT64_FROM = 1 << 63
 _Tensor = torch.Tensor
 
-_state = threading.local()
+class _State(threading.local):
+    # Class-level defaults: reading a missing attribute of a plain threading.local raises and catches
+    # internally, which costs about 0.5 us on every launch.
+    no_launch = False
+    recorder = None
+
+
+_state = _State()
 _TRITON_RUN = JITFunction.run if JITFunction is not None else None
 _device_and_stream: tuple | None = None  # Triton's own getters, fetched on the first launch
 
@@ -77,7 +84,7 @@ def set_cached_launches(on: bool) -> bool:
 @contextlib.contextmanager
 def no_launch():
     """Within the block, library kernel launches do nothing (launchers still allocate their outputs)."""
-    before = getattr(_state, "no_launch", False)
+    before = _state.no_launch
     _state.no_launch = True
     try:
         yield
@@ -183,7 +190,12 @@ def _getters():
     if _device_and_stream is None:
         from triton.runtime import driver
 
-        _device_and_stream = (driver.active.get_current_device, driver.active.get_current_stream)
+        get_device = driver.active.get_current_device
+        if get_device is torch.cuda.current_device and torch.cuda.is_initialized():
+            # torch.cuda.current_device() is a Python check that CUDA is initialized around this C call;
+            # once it is (it is: the launch that fills the getters has a CUDA tensor), the C call alone.
+            get_device = torch._C._cuda_getDevice
+        _device_and_stream = (get_device, driver.active.get_current_stream)
     return _device_and_stream
 
 
@@ -232,7 +244,7 @@ def recording():
 
 def replay_allowed() -> bool:
     """Whether a launch plan may replay now: the conditions of the cached path, and no recording under way."""
-    return (_use_cache and not getattr(_state, "no_launch", False) and getattr(_state, "recorder", None) is None
+    return (_use_cache and not _state.no_launch and _state.recorder is None
             and not _hooks_active() and not _counted())
 
 
@@ -253,7 +265,7 @@ class CachedLaunchJIT(JITFunction if JITFunction is not None else object):
         return functools.partial(self._launch, grid)
 
     def _launch(self, grid, *args, **kwargs):
-        if getattr(_state, "no_launch", False):
+        if _state.no_launch:
             return None
         get_device, get_stream = _device_and_stream or _getters()
         device = get_device()
@@ -268,11 +280,11 @@ class CachedLaunchJIT(JITFunction if JITFunction is not None else object):
         if (entry is None or not _use_cache or type(grid) is not tuple or self.pre_run_hooks or _hooks_active()
                 or _counted()):
             kernel = self._launch_through_triton(grid, key, args, kwargs)
-            rec = getattr(_state, "recorder", None)
+            rec = _state.recorder
             if rec is not None:
                 rec.add(self._kg_cache.get(key) if key is not None and not self.pre_run_hooks else None, grid, args)
             return kernel
-        rec = getattr(_state, "recorder", None)
+        rec = _state.recorder
         if rec is not None:
             rec.add(entry, grid, args)
         if entry.tail:
@@ -303,7 +315,7 @@ class _NoLaunchInterpreted(InterpretedFunction if InterpretedFunction is not Non
     """An interpreted kernel that honours `no_launch()` (the interpreter has no compiled kernel to cache)."""
 
     def run(self, *args, grid, warmup, **kwargs):
-        if getattr(_state, "no_launch", False):
+        if _state.no_launch:
             return None
         return InterpretedFunction.run(self, *args, grid=grid, warmup=warmup, **kwargs)
 

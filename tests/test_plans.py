@@ -187,3 +187,20 @@ def test_kernel_files_may_not_read_addresses():
 
     problem = check_source("import torch\ndef f(x):\n    return x.data_ptr() % 16\n")
     assert problem and "data_ptr" in problem
+
+
+def test_generated_signatures_equal_the_generic_one(fake):
+    x = torch.randn(4, 16)
+    w = torch.nn.Parameter(torch.randn(16))
+    calls = [((x, w, 1e-6), {}), ((x, w, 1e-5), {}), ((x, None, 1e-6), {}), ((x.t(), w, 1e-6), {}),
+             ((x.half(), w, 1e-6), {}), ((torch.randn(65)[1:].view(4, 16), w, 1e-6), {}),
+             ((x, [16], 1), {}), ((x, (16,), True), {}), ((x, w, 1e-6), {"dim": -1}), ((x, w, 1e-6), {"dim": 0}),
+             ((x, object(), 1.0), {}), ((x, [w], 1.0), {})]
+    keys = set()
+    for args, kwargs in calls:
+        generic = plans.signature(args, kwargs)
+        generated = plans.signature_function(len(args), tuple(kwargs))(args, kwargs)
+        assert generic[0] == generated[0] and (generated[0] is None or hash(generated[0]) == hash(generic[0]))
+        assert generic[1] is None if generic[0] is None else all(a is b for a, b in zip(generic[1], generated[1]))
+        keys.add(generic[0])
+    assert len(keys) == len(calls) and None in keys  # each its own signature; the object gives none (None)
