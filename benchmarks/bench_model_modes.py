@@ -246,6 +246,7 @@ def run_mode(family, mode, device, backend, tiny, quick, policy, refs_path: Path
                 row["ms"]["decode_graph"] = steady_ms(replay)
                 if mode in ("eager", "patch"):
                     row["kernels_decode_graph"] = kernel_table(replay, top=20)
+                    row["kernels_prefill"] = kernel_table(fns["prefill"], top=20)
                 if mode == "eager":
                     row["kernels_decode"] = kernel_table(fns["decode"])
                     # the graph as transformers captures it by itself, for the record

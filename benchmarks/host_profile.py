@@ -72,6 +72,7 @@ def pieces(op_name, kernel_name, eager, call, raw_args_fn):
         from kernelgen import plans
 
         (plan_key, replay), = [(k, v) for k, v in call.fn.plans.items() if callable(v)]
+        print(f"replay of {op_name}:\n{replay.source}")
         sig = call.fn.signatures[len(call.args)]
         tensors = [a for a in call.args if isinstance(a, torch.Tensor)]
         plan_pieces = {
@@ -122,6 +123,33 @@ def pieces(op_name, kernel_name, eager, call, raw_args_fn):
     return best_us(fns)
 
 
+def route_pieces(x, w, N) -> dict:
+    """F.rms_norm through enable()'s functional route, next to the planned adapter and launcher it calls."""
+    import kernelgen
+    from kernelgen.library import get_op
+
+    module = get_op("rms_norm").module("cuda")
+    adapter, launcher = module.aten_rms_norm, module.rms_norm
+    kernelgen.enable(backend="cuda", policy="all", include=["rms_norm"])
+    try:
+        route = F.rms_norm
+        print("route in place:", hasattr(route, "kernelgen_original"))
+        for _ in range(3):
+            route(x, (N,), w, 1e-6)
+        print("adapter plans:", {str(k)[:80]: (v if not callable(v) else "replay") for k, v in adapter.plans.items()})
+        for k, v in adapter.plans.items():
+            if callable(v):
+                print(v.source)
+        return best_us({
+            "route: F.rms_norm through enable()": lambda: route(x, (N,), w, 1e-6),
+            "route: planned adapter called directly": lambda: adapter(x, (N,), w, 1e-6),
+            "route: planned launcher called directly": lambda: launcher(x, w, 1e-6),
+            "route: torch.rms_norm through the dispatcher's override": lambda: torch.rms_norm(x, (N,), w, 1e-6),
+        })
+    finally:
+        kernelgen.disable()
+
+
 class Call:
     """A callable with its arguments visible (so the pieces can reuse them)."""
 
@@ -156,6 +184,7 @@ def main() -> None:
         "softmax": pieces("softmax", "_softmax_row", lambda: F.softmax(x, -1), soft_call,
                           lambda: ((M,), (x, y, N, 1, N))),
     }
+    rows["rms_norm"].update(route_pieces(x, w, N))
     for op, row in rows.items():
         print(f"host pieces {op} ({result['device']}):")
         for name, us in row.items():

@@ -207,6 +207,9 @@ def _output_expr(out, inputs, buffers, src: _Source) -> str:
                 return f"b{j}"
         for j, b in enumerate(buffers):
             if out.untyped_storage().data_ptr() == b.untyped_storage().data_ptr() and out.device == b.device:
+                if (out.shape, out.stride(), out.storage_offset(), out.dtype) == (b.shape, b.stride(),
+                                                                                 b.storage_offset(), b.dtype):
+                    return f"b{j}"  # the allocation itself, under another Python object
                 return (f"as_strided(b{j}, {src.bind(tuple(out.shape))}, {src.bind(tuple(out.stride()))}, "
                         f"{out.storage_offset()})")
         raise _Unplannable  # a view of an argument, or a tensor from elsewhere
