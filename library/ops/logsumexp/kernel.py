@@ -6,7 +6,8 @@ when the max grows). Eager PyTorch launches a max, a subtract, an exp, a sum, a 
 full-size temporary; here x is read once and one value per row is written.
 
 As in ATen, a row whose max is infinite is shifted by 0 instead of the max: a row of -inf gives -inf (not
-NaN) and a row holding +inf gives +inf; an empty row (N = 0) gives -inf, the log of an empty sum. Arithmetic is in float32; y is cast once at the store.
+NaN) and a row holding +inf gives +inf; an empty row (N = 0) gives -inf, the log of an empty sum.
+Arithmetic is in float32; y is cast once at the store.
 """
 
 import torch
