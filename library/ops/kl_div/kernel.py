@@ -54,8 +54,9 @@ def _kl_div_blocks(x_ptr, t_ptr, out_ptr, numel, N, stride_x_row, stride_x_col, 
             loss = tl.exp(t) * (t - x)
             loss = tl.where(mask, loss, 0.0)  # a masked lane has t = 0: exp(0) * (0 - 0) is 0 anyway
         else:
-            # xlogy(t, t): 0 where t == 0 (masked lanes too), NaN for a NaN or negative t as in ATen
-            loss = tl.where(t == 0.0, 0.0, t * tl.log(t)) - t * x
+            # xlogy(t, t): 0 where t == 0 (masked lanes too; log(1) keeps log(0) out of it), NaN for a NaN or
+            # negative t as in ATen
+            loss = t * tl.log(tl.where(t == 0.0, 1.0, t)) - t * x
         acc += loss
     total = tl.sum(acc, axis=0)
     if FINAL:  # one program covered everything: the loss itself

@@ -36,6 +36,8 @@ def _smooth_l1_blocks(a_ptr, b_ptr, out_ptr, numel, N, stride_a_row, stride_a_co
     pid = tl.program_id(0)
     step = tl.num_programs(0).to(tl.int64) * BLOCK
     acc = tl.zeros([BLOCK], dtype=tl.float32)
+    # beta = 0: d < 0 never holds and the quadratic branch is never taken; 1 keeps 0/0 out of it
+    half_inv_beta = 0.5 / tl.where(beta > 0.0, beta, 1.0)
     for start in range(pid.to(tl.int64) * BLOCK, numel, step):
         offsets = start + tl.arange(0, BLOCK)
         mask = offsets < numel
@@ -50,8 +52,7 @@ def _smooth_l1_blocks(a_ptr, b_ptr, out_ptr, numel, N, stride_a_row, stride_a_co
         a = tl.load(a_ptr + a_offsets, mask=mask, other=0.0).to(tl.float32)
         b = tl.load(b_ptr + b_offsets, mask=mask, other=0.0).to(tl.float32)
         d = tl.abs(a - b)  # masked lanes: d = 0, loss 0
-        # beta = 0: d < 0 never holds, so the division by zero in the untaken branch is never used
-        acc += tl.where(d < beta, 0.5 * d * d / beta, d - 0.5 * beta)
+        acc += tl.where(d < beta, d * d * half_inv_beta, d - 0.5 * beta)
     total = tl.sum(acc, axis=0)
     if FINAL:  # one program covered everything: the loss itself
         tl.store(out_ptr, (total * scale).to(out_ptr.dtype.element_ty))
