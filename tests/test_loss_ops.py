@@ -46,9 +46,11 @@ def test_loss_matches_reference_on_every_dtype_and_edge_shape(name, assert_libra
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("shape, transposed", [((3, 50), False), ((2, 20001), False), ((300, 130), True)])
+@pytest.mark.parametrize("shape, transposed", [((3, 50), False), ((2, 7001), False), ((2, 20001), False),
+                                               ((300, 130), True)])
 def test_mean_and_sum_on_one_program_and_on_partial_sums(case, shape, transposed, rng_seed, interpreter):
-    # 2 x 20001 and 300 x 130 are past the one-program limit (32K elements): partial sums, then their sum
+    # 2 x 7001: one program, two blocks; 2 x 20001 and 300 x 130 are past the one-program limit (16K
+    # elements): partial sums, then their sum
     ours, torchs = CASES[case]
     x, t = _inputs(shape, rng_seed, transposed=transposed)
     for reduction in ("mean", "sum"):

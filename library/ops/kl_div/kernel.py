@@ -25,7 +25,11 @@ def _next_power_of_2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-SINGLE_PROGRAM_MAX = 32768  # elements summed by one program in one launch (64 KB of bf16 per input)
+# One program, one launch, up to SINGLE_PROGRAM_MAX elements, in at most two blocks of SINGLE_BLOCK: a
+# block is one round of loads (32 values per thread at 8 warps, all issued before the first is used),
+# so a decode-size call waits for memory about twice, where a second launch would cost more.
+SINGLE_PROGRAM_MAX = 16384
+SINGLE_BLOCK = 8192
 MAX_PROGRAMS = 1024  # partial sums of the two-kernel path: about 8 programs of 8 warps per SM on an H100
 WARPS = 8
 REDUCTIONS = ("mean", "sum")
@@ -113,9 +117,10 @@ def kl_div(input, target, reduction="mean", log_target=False):
     flat = input.is_contiguous() and target.is_contiguous()
     per_thread = 16 // input.element_size()  # 16 bytes per thread per load
     if numel <= SINGLE_PROGRAM_MAX:
-        warps = max(1, min(WARPS, _next_power_of_2(numel) // (per_thread * 32)))
+        block = min(SINGLE_BLOCK, max(per_thread * 32, _next_power_of_2(numel)))
+        warps = max(1, min(WARPS, block // (per_thread * 32)))
         _kl_div_blocks[(1,)](x, t, out, numel, N, x.stride(0), x.stride(1), t.stride(0), t.stride(1), scale,
-                             BLOCK=per_thread * 32 * warps, FLAT=flat, LOG_TARGET=log_target, FINAL=True,
+                             BLOCK=block, FLAT=flat, LOG_TARGET=log_target, FINAL=True,
                              num_warps=warps)
         return out
     block = per_thread * 32 * WARPS
