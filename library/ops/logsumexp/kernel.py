@@ -1,8 +1,8 @@
-"""Log-sum-exp over the last dimension: y = m + log(sum(exp(x - m))) with m = max(x).
+"""Log-sum-exp over the last dimension: y = log(sum(exp(x))), taken on x - m with m = max(x) and shifted back.
 
 One program per row. A row up to MAX_FUSED_N elements is one block in registers; a longer row is read once
 in blocks of LOOP_BLOCK_N with the online form (a running max m and a running sum s of exp(x - m), rescaled
-when the max grows). Eager PyTorch launches a max, a subtract, an exp, a sum, a log and an add, writing a
+when the max grows). Eager PyTorch launches a max, a subtract, an exp, a sum, a log and another elementwise op, writing a
 full-size temporary; here x is read once and one value per row is written.
 
 As in ATen, a row whose max is infinite is shifted by 0 instead of the max: a row of -inf gives -inf (not

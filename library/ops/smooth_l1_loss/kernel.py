@@ -5,7 +5,7 @@
 Eager PyTorch writes the full-size elementwise loss to memory and reduces it in a second kernel; here both
 tensors are read once. Up to SINGLE_PROGRAM_MAX elements one program does everything (one launch, what
 decode-size calls need); above it, a grid of at most MAX_PROGRAMS programs each sums a fixed set of blocks
-into a float32 partial, and one small program adds the partials in order and scales them. No atomics: the
+into a float32 partial, and one small program sums the partials in order and scales them. No atomics: the
 same inputs always give the same bits. Arithmetic is in float32; the loss is cast once, to the input's
 dtype as ATen returns it.
 
