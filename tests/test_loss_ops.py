@@ -137,3 +137,27 @@ def test_gradients_still_match_aten(op, call, rng_seed, interpreter):
     st = kernelgen.status()["interpreter"]
     assert st["fallbacks"].get(op, 0) == (1 if op == "kl_div" else 0)
     assert st["calls"].get(op, 0) == (0 if op == "kl_div" else 1)
+
+
+@pytest.mark.parametrize("name, schema", [
+    ("mse_loss", "(Tensor input, Tensor target) -> Tensor"),
+    ("huber_loss", "(Tensor input, Tensor target, float delta=1.0) -> Tensor"),
+    ("smooth_l1_loss", "(Tensor input, Tensor target, float beta=1.0) -> Tensor"),
+    ("kl_div", "(Tensor input, Tensor target) -> Tensor"),
+    ("logsumexp", "(Tensor x, int dim=-1) -> Tensor"),
+    ("cosine_similarity", "(Tensor x1, Tensor x2, int dim=-1, float eps=1e-08) -> Tensor"),
+])
+def test_new_ops_are_custom_ops_for_torch_compile(name, schema, interpreter):
+    # the options of a call (reduction, log_target, keepdim) are keyword-only: the positional part is a schema
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from kernelgen.custom_ops import schema_for
+    from kernelgen.library import get_op
+
+    op = get_op(name)
+    assert schema_for(op.spec, op.launcher()) == schema
+    getattr(kernelgen.ops, name)  # registers torch.ops.kernelgen.<name>
+    with FakeTensorMode():
+        x = torch.empty(3, 5, dtype=torch.bfloat16)
+        y = getattr(torch.ops.kernelgen, name)(*([x] if name == "logsumexp" else [x, x]))
+    assert y.dtype == torch.bfloat16 and y.shape == (() if name.endswith(("loss", "div")) else (3,))

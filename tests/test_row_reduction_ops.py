@@ -27,7 +27,7 @@ def test_logsumexp_long_rows_and_infinite_rows_follow_aten(dtype, rng_seed, inte
         got = kernelgen.ops.logsumexp(x, -1, max_block=max_block)
         assert got.dtype == dtype and got.shape == (4,)
         torch.testing.assert_close(got.double(), want, atol=2e-2 if dtype == torch.bfloat16 else 1e-5, rtol=1e-2)
-    assert kernelgen.ops.logsumexp(x, -1, True).shape == (4, 1)
+    assert kernelgen.ops.logsumexp(x, -1, keepdim=True).shape == (4, 1)
 
 
 def test_cosine_similarity_clamps_each_norm_and_takes_long_rows(rng_seed, interpreter):

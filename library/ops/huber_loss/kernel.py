@@ -80,7 +80,7 @@ def _as_rows(t, name):
         raise ValueError(f"huber_loss: {name}'s leading dims cannot be viewed as rows without a copy") from None
 
 
-def huber_loss(input, target, delta=1.0, reduction="mean"):
+def huber_loss(input, target, delta=1.0, *, reduction="mean"):
     """Mean (or, with reduction="sum", the sum) of the Huber loss of input - target over all elements.
     input and target: float32/float16/bfloat16 tensors of one shape and dtype (any layout that views as
     rows); delta > 0. Returns a 0-dim tensor in that dtype; the mean of no elements is NaN, as in PyTorch."""
@@ -133,6 +133,6 @@ def aten_huber_loss(self, target, reduction=1, delta=1.0):
     if self.dtype not in FLOAT_DTYPES or target.dtype != self.dtype or target.shape != self.shape:
         return NotImplemented
     try:
-        return huber_loss(self, target, delta, REDUCTIONS[reduction - 1])
+        return huber_loss(self, target, delta, reduction=REDUCTIONS[reduction - 1])
     except ValueError:
         return NotImplemented

@@ -88,7 +88,7 @@ def _as_rows(t, name):
         raise ValueError(f"kl_div: {name}'s leading dims cannot be viewed as rows without a copy") from None
 
 
-def kl_div(input, target, reduction="mean", log_target=False):
+def kl_div(input, target, *, reduction="mean", log_target=False):
     """Mean (or, with reduction="sum", the sum) over all elements of target * (log(target) - input), or of
     exp(target) * (target - input) with log_target. input (log-probabilities) and target: float32/float16/
     bfloat16 tensors of one shape and dtype (any layout that views as rows). Returns a 0-dim tensor in that
@@ -141,6 +141,6 @@ def aten_kl_div(self, target, reduction=1, log_target=False):
     if self.dtype not in FLOAT_DTYPES or target.dtype != self.dtype or target.shape != self.shape:
         return NotImplemented
     try:
-        return kl_div(self, target, REDUCTIONS[reduction - 1], log_target)
+        return kl_div(self, target, reduction=REDUCTIONS[reduction - 1], log_target=log_target)
     except ValueError:
         return NotImplemented

@@ -2,8 +2,8 @@
 
 One program per row. A row up to MAX_FUSED_N elements is one block in registers; a longer row is read once
 in blocks of LOOP_BLOCK_N with the online form (a running max m and a running sum s of exp(x - m), rescaled
-when the max grows). Eager PyTorch launches a max, a subtract, an exp, a sum, a log and another elementwise op, writing a
-full-size temporary; here x is read once and one value per row is written.
+when the max grows). Eager PyTorch launches a max, a subtract, an exp, a sum, a log and one more elementwise
+kernel, writing full-size temporaries; here x is read once and one value per row is written.
 
 As in ATen, a row whose max is infinite is shifted by 0 instead of the max: a row of -inf gives -inf (not
 NaN) and a row holding +inf gives +inf; an empty row (N = 0) gives -inf, the log of an empty sum.
@@ -84,7 +84,7 @@ def _logsumexp(x, keepdim, max_block=None):
     return y
 
 
-def logsumexp(x, dim=-1, keepdim=False, *, max_block=None):
+def logsumexp(x, dim=-1, *, keepdim=False, max_block=None):
     """log(sum(exp(x))) over the last dim of x (float32/float16/bfloat16, any leading shape, rows may be
     strided); same dtype as x, one value per row (keepdim keeps the reduced dim as size 1)."""
     if not isinstance(x, torch.Tensor) or x.dtype not in FLOAT_DTYPES:

@@ -79,7 +79,7 @@ def _as_rows(t, name):
         raise ValueError(f"mse_loss: {name}'s leading dims cannot be viewed as rows without a copy") from None
 
 
-def mse_loss(input, target, reduction="mean"):
+def mse_loss(input, target, *, reduction="mean"):
     """Mean (or, with reduction="sum", the sum) of (input - target)^2 over all elements. input and target:
     float32/float16/bfloat16 tensors of one shape and dtype (any layout that views as rows). Returns a 0-dim
     tensor in that dtype; the mean of no elements is NaN, as in PyTorch."""
@@ -128,6 +128,6 @@ def aten_mse_loss(self, target, reduction=1):
     if self.dtype not in FLOAT_DTYPES or target.dtype != self.dtype or target.shape != self.shape:
         return NotImplemented
     try:
-        return mse_loss(self, target, REDUCTIONS[reduction - 1])
+        return mse_loss(self, target, reduction=REDUCTIONS[reduction - 1])
     except ValueError:
         return NotImplemented

@@ -83,7 +83,7 @@ def _as_rows(t, name):
         raise ValueError(f"smooth_l1_loss: {name}'s leading dims cannot be viewed as rows without a copy") from None
 
 
-def smooth_l1_loss(input, target, beta=1.0, reduction="mean"):
+def smooth_l1_loss(input, target, beta=1.0, *, reduction="mean"):
     """Mean (or, with reduction="sum", the sum) of the smooth L1 loss of input - target over all elements.
     input and target: float32/float16/bfloat16 tensors of one shape and dtype (any layout that views as
     rows); beta >= 0. Returns a 0-dim tensor in that dtype; the mean of no elements is NaN, as in PyTorch."""
@@ -136,6 +136,6 @@ def aten_smooth_l1_loss(self, target, reduction=1, beta=1.0):
     if self.dtype not in FLOAT_DTYPES or target.dtype != self.dtype or target.shape != self.shape:
         return NotImplemented
     try:
-        return smooth_l1_loss(self, target, beta, REDUCTIONS[reduction - 1])
+        return smooth_l1_loss(self, target, beta, reduction=REDUCTIONS[reduction - 1])
     except ValueError:
         return NotImplemented
