@@ -41,22 +41,19 @@ def _logsumexp_row(x_ptr, y_ptr, stride_x_row, stride_x_col, N, BLOCK_N: tl.cons
 def _logsumexp_looped(x_ptr, y_ptr, stride_x_row, stride_x_col, N, BLOCK_N: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * stride_x_row
-    # Per-lane running max and sum: no cross-lane reduction inside the loop, one at the end.
-    m = tl.full([BLOCK_N], float("-inf"), tl.float32)
-    s = tl.zeros([BLOCK_N], dtype=tl.float32)
+    # Running max m and sum s per row, updated once per block: one exp per element (a per-lane running max
+    # would need two, and long bf16 rows would then wait on the exp units rather than on memory).
+    m = tl.full((), float("-inf"), tl.float32)
+    s = tl.zeros((), dtype=tl.float32)
     for start in range(0, N, BLOCK_N):
         offsets = start + tl.arange(0, BLOCK_N)
         x = tl.load(x_row + offsets * stride_x_col, mask=offsets < N, other=float("-inf")).to(tl.float32)
-        m_new = tl.maximum(m, x)
+        m_new = tl.maximum(m, tl.max(x, axis=0))
         shift = tl.where(tl.abs(m_new) == float("inf"), 0.0, m_new)
-        s = s * tl.exp(m - shift) + tl.exp(x - shift)
+        s = s * tl.exp(m - shift) + tl.sum(tl.exp(x - shift), axis=0)
         m = m_new
-    m_row = tl.max(m, axis=0)
-    shift_row = tl.where(tl.abs(m_row) == float("inf"), 0.0, m_row)
-    # each lane's sum was taken relative to its own shift; bring them to the row's
-    lane_shift = tl.where(tl.abs(m) == float("inf"), 0.0, m)
-    total = tl.sum(s * tl.exp(lane_shift - shift_row), axis=0)
-    tl.store(y_ptr + row, (shift_row + tl.log(total)).to(y_ptr.dtype.element_ty))
+    shift = tl.where(tl.abs(m) == float("inf"), 0.0, m)
+    tl.store(y_ptr + row, (shift + tl.log(s)).to(y_ptr.dtype.element_ty))
 
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
