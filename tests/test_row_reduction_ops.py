@@ -54,6 +54,11 @@ OVERRIDE_CALLS = [
     ("cosine_similarity", lambda x, y: F.cosine_similarity(x, y[0], dim=-1), False),  # broadcast
     ("cosine_similarity", lambda x, y: F.cosine_similarity(x, y.double(), dim=-1), False),
 ]
+# ATen raises for these; so must the override (it hands them back rather than serving a dim ATen refuses)
+OUT_OF_RANGE = [
+    ("logsumexp", lambda x: torch.logsumexp(x[0, 0], 1)),
+    ("cosine_similarity", lambda x: F.cosine_similarity(x[0, 0], x[0, 1])),  # 1-D inputs, default dim=1
+]
 
 
 @pytest.mark.parametrize("k", range(len(OVERRIDE_CALLS)))
@@ -92,3 +97,14 @@ def test_gradients_still_match_aten(op, call, rng_seed, interpreter):
     st = kernelgen.status()["interpreter"]
     served = op == "logsumexp"
     assert (st["calls"].get(op, 0), st["fallbacks"].get(op, 0)) == ((1, 0) if served else (0, 1))
+
+
+@pytest.mark.parametrize("op, call", OUT_OF_RANGE)
+def test_a_dim_aten_rejects_is_still_rejected(op, call, interpreter):
+    x = torch.randn(2, 3, 16)
+    with pytest.raises(IndexError):
+        call(x)
+    kernelgen.enable(backend="interpreter", policy="all", include=[op])
+    with torch.no_grad(), pytest.raises(IndexError):
+        call(x)
+    assert kernelgen.status()["interpreter"]["calls"].get(op, 0) == 0

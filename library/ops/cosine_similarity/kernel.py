@@ -109,7 +109,9 @@ def aten_cosine_similarity(x1, x2, dim=1, eps=1e-8):
     broadcasting, mixed dtypes and inputs that do not view as rows go to ATen."""
     if not isinstance(x1, torch.Tensor) or not isinstance(x2, torch.Tensor) or x1.dtype not in FLOAT_DTYPES:
         return NotImplemented
-    if x2.dtype != x1.dtype or x2.shape != x1.shape or x1.dim() == 0 or dim % x1.dim() != x1.dim() - 1:
+    if x2.dtype != x1.dtype or x2.shape != x1.shape or x1.dim() == 0:
+        return NotImplemented
+    if dim not in (-1, x1.dim() - 1):  # an out-of-range dim goes to ATen too, which raises for it
         return NotImplemented
     try:
         return _cosine_similarity(x1, x2, eps)

@@ -102,7 +102,7 @@ def aten_logsumexp(self, dim, keepdim=False):
         if len(dim) != 1:
             return NotImplemented
         dim = dim[0]
-    if dim % self.dim() != self.dim() - 1:
+    if dim not in (-1, self.dim() - 1):  # an out-of-range dim goes to ATen too, which raises for it
         return NotImplemented
     try:
         return _logsumexp(self, keepdim)
