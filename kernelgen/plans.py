@@ -233,6 +233,23 @@ def _buffer_expr(t: torch.Tensor, zeroed: bool, inputs, src: _Source) -> str:
     return expr + ".zero_()" if zeroed else expr
 
 
+def _direct_launch(run):
+    """(C launch, cooperative-grid flag, PDL flag) of a Triton 3.6 launcher whose kernel needs no scratch
+    memory, else None. Its Python __call__ only allocates the two scratch buffers (None without scratch)
+    and passes these flags ahead of the arguments; calling the C launch directly saves that frame. Other
+    Triton versions lay the call out differently and keep __call__."""
+    import triton
+
+    if not triton.__version__.startswith("3.6."):
+        return None
+    c_launch = getattr(run, "launch", None)
+    if (not callable(c_launch) or getattr(run, "global_scratch_size", 1) != 0
+            or getattr(run, "profile_scratch_size", 1) != 0
+            or not hasattr(run, "launch_cooperative_grid") or not hasattr(run, "launch_pdl")):
+        return None
+    return c_launch, run.launch_cooperative_grid, run.launch_pdl
+
+
 def build(launches: list, watch: _Watch, out, inputs: list) -> types.FunctionType:
     """The replay function `replay(t0, t1, ..., stream)` of a recorded call, or raise _Unplannable."""
     if watch.computes is not None:
@@ -251,8 +268,14 @@ def build(launches: list, watch: _Watch, out, inputs: list) -> types.FunctionTyp
             else:
                 call_args.append(src.bind(a))
         g = ", ".join(str(int(v)) for v in grid)
-        src.lines.append(f"{src.bind(entry.run)}({g}, stream, {src.bind(entry.function)}, {src.bind(entry.metadata)}, "
-                         f"None, None, None, {', '.join(call_args)})")
+        direct = _direct_launch(entry.run)
+        if direct is not None:  # Triton 3.6's C launch, without the Python __call__ around it
+            c_launch, cooperative, pdl = direct
+            head = (f"{src.bind(c_launch)}({g}, stream, {src.bind(entry.function)}, {src.bind(cooperative)}, "
+                    f"{src.bind(pdl)}, None, None, {src.bind(entry.metadata)}")
+        else:
+            head = f"{src.bind(entry.run)}({g}, stream, {src.bind(entry.function)}, {src.bind(entry.metadata)}"
+        src.lines.append(f"{head}, None, None, None, {', '.join(call_args)})")
     src.lines.append(f"return {_output_expr(out, inputs, buffers, src)}")
     params = "".join(f"t{i}, " for i in range(len(inputs)))
     code = f"def replay({params}stream):\n" + "".join(f"    {line}\n" for line in src.lines)

@@ -204,3 +204,41 @@ def test_generated_signatures_equal_the_generic_one(fake):
         assert generic[1] is None if generic[0] is None else all(a is b for a, b in zip(generic[1], generated[1]))
         keys.add(generic[0])
     assert len(keys) == len(calls) and None in keys  # each its own signature; the object gives none (None)
+
+
+def test_triton_36_launchers_are_called_at_their_c_launch(fake, monkeypatch):
+    import triton
+
+    from fake_triton import FakeCompiled
+
+    module, _, compiled = fake
+    c_calls = []
+
+    class Launcher36:  # the shape of Triton 3.6's launcher object: __call__ around a C `launch`
+        global_scratch_size = profile_scratch_size = 0
+        launch_cooperative_grid, launch_pdl = False, True
+
+        def __call__(self, *args):  # what the cached launch path (not a replay) calls
+            pass
+
+        def launch(self, *args):
+            c_calls.append(args)
+
+    monkeypatch.setattr(triton, "__version__", "3.6.0")
+    monkeypatch.setattr(FakeCompiled, "run", Launcher36())
+
+    def launcher(x):
+        y = torch.empty_like(x)
+        module.k[(3,)](x, y, 16, 1.0, BLOCK=16)
+        return y
+
+    fn, _ = _planned(launcher)
+    fn(torch.randn(16))
+    fn(torch.randn(16))
+    x = torch.randn(16)
+    y = fn(x)
+    (c,) = compiled.values()
+    assert c_calls[-1] == (3, 1, 1, 777, c.function, False, True, None, None, c.packed_metadata, None, None, None,
+                           x.data_ptr(), y.data_ptr(), 16, 1.0, 16, False)
+    monkeypatch.setattr(triton, "__version__", "3.7.0")  # another layout: its __call__
+    assert plans._direct_launch(Launcher36()) is None
