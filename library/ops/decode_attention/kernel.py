@@ -55,7 +55,7 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, out_ptr, part_ptr, lse_ptr,
                   stride_vb, stride_vh, stride_vs, stride_vd,
                   BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
                   USE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                  SINGLE: tl.constexpr):
+                  WIDE: tl.constexpr, SINGLE: tl.constexpr):
     pair = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     b = pair // Hkv
@@ -71,7 +71,9 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, out_ptr, part_ptr, lse_ptr,
     q_ptrs = (q_ptr + b * stride_qb + head[:, None].to(tl.int64) * stride_qh + pos[:, None] * stride_qs
               + dims[None, :] * stride_qd)
     q = tl.load(q_ptrs, mask=row_ok[:, None] & dmask[None, :], other=0.0)
-    if UPCAST_DOT:
+    if WIDE:
+        q = q.to(tl.float64)
+    elif UPCAST_DOT:
         q = q.to(tl.float32)
     # Causal limit per row, aligned to the cache's end; a padded row sees nothing.
     last = tl.where(row_ok, S - Sq + pos, -1)
@@ -83,6 +85,8 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, out_ptr, part_ptr, lse_ptr,
     # A finite floor instead of -inf: a row with nothing visible in this slice keeps m = floor, l = 0 and
     # never computes (-inf) - (-inf).
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
+    if WIDE:
+        m_i = m_i.to(tl.float64)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for s0 in range(start, end, BLOCK_S):
@@ -90,17 +94,20 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, out_ptr, part_ptr, lse_ptr,
         smask = offs < end
         kt = tl.load(k_base + offs[None, :].to(tl.int64) * stride_ks + dims[:, None] * stride_kd,
                      mask=dmask[:, None] & smask[None, :], other=0.0)
-        if UPCAST_DOT:
+        if WIDE:
+            kt = kt.to(tl.float64)
+        elif UPCAST_DOT:
             kt = kt.to(tl.float32)
         if USE_DOT:
-            scores = tl.dot(q, kt, input_precision=DOT_PRECISION)
+            scores = tl.dot(q, kt, input_precision=DOT_PRECISION, out_dtype=m_i.dtype)
         else:
-            scores = tl.sum(q.to(tl.float32)[:, :, None] * kt.to(tl.float32)[None, :, :], axis=1)
+            scores = tl.sum(q.to(m_i.dtype)[:, :, None] * kt.to(m_i.dtype)[None, :, :], axis=1)
         visible = smask[None, :] & (offs[None, :] <= last[:, None])
         scores = tl.where(visible, scores * scale_log2, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-        alpha = tl.math.exp2(m_i - m_new)
-        p = tl.math.exp2(scores - m_new[:, None])
+        # Differences to the running max are small where they matter: float32 from here on.
+        alpha = tl.math.exp2((m_i - m_new).to(tl.float32))
+        p = tl.math.exp2((scores - m_new[:, None]).to(tl.float32))
         l_i = l_i * alpha + tl.sum(p, axis=1)
         v = tl.load(v_base + offs[:, None].to(tl.int64) * stride_vs + dims[None, :] * stride_vd,
                     mask=smask[:, None] & dmask[None, :], other=0.0)
@@ -140,7 +147,7 @@ def _combine_kernel(part_ptr, lse_ptr, out_ptr, Hkv, Sq, D, rows, group, num_spl
     slot = (pair * num_splits + splits) * rows + r
     lse = tl.load(lse_ptr + slot, mask=smask, other=float("-inf"))
     # Every row sees cache position 0 in split 0, so the max is finite.
-    weight = tl.math.exp2(lse - tl.max(lse, axis=0))
+    weight = tl.math.exp2((lse - tl.max(lse, axis=0)).to(tl.float32))
     part = tl.load(part_ptr + slot[:, None] * D + dims[None, :], mask=smask[:, None] & (dims[None, :] < D),
                    other=0.0)
     o = tl.sum(weight[:, None] * part, axis=0) / tl.sum(weight, axis=0)
@@ -159,14 +166,15 @@ def _check(t, name: str) -> None:
 
 
 def decode_attention(q, k, v, scale=None, *, block_s=64, num_warps=4, num_stages=2, splits=None,
-                     target_programs=TARGET_PROGRAMS, use_dot=True, upcast_dot=None):
+                     target_programs=TARGET_PROGRAMS, use_dot=True, upcast_dot=None, max_block=None):
     """Attention of q [B, Hq, Sq, D] (Sq small: 1 in decode) against a cache k, v [B, Hkv, S, D].
 
     Hq must be a multiple of Hkv (grouped-query attention: query head h uses kv head h // (Hq / Hkv)).
     Query position i attends to cache positions j <= S - Sq + i (all of the cache when Sq = 1). scale
     defaults to 1 / sqrt(D). Returns a new contiguous [B, Hq, Sq, D] tensor in q's dtype; arithmetic in
     float32. block_s, num_warps, num_stages, splits (slices of the cache per kv head; default: enough for
-    about target_programs programs), use_dot and upcast_dot are launch parameters, for tuning sweeps."""
+    about target_programs programs), use_dot and upcast_dot are launch parameters, for tuning sweeps;
+    max_block caps the tile of cache positions (for tests)."""
     _check(q, "q")
     _check(k, "k")
     _check(v, "v")
@@ -196,6 +204,9 @@ def decode_attention(q, k, v, scale=None, *, block_s=64, num_warps=4, num_stages
         raise ValueError(f"decode_attention: the cache ({S} positions) must hold the {Sq} query positions")
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
 
+    if max_block is not None:
+        # the largest power of two within the cap, at least 16 (the K dim of a tensor-core product)
+        block_s = max(16, min(block_s, 1 << (max(1, int(max_block)).bit_length() - 1)))
     block_d = max(16, _next_power_of_2(D))
     block_m = _next_power_of_2(rows)
     if use_dot:
@@ -208,6 +219,10 @@ def decode_attention(q, k, v, scale=None, *, block_s=64, num_warps=4, num_stages
     split_len = _cdiv(tiles, splits) * block_s
     num_splits = _cdiv(S, split_len)
     single = num_splits == 1
+    # float32 inputs: scores and running maxima in float64. A float32 dot of D terms carries a rounding
+    # error of ~1e-7 * |q| |k| sqrt(D), which at large magnitudes (|q| ~ 1e4) moves two close softmax
+    # weights by ~1e-3, far over float32's tolerance; the float64 scores keep a float32 result exact to it.
+    wide = q.dtype == torch.float32
     if upcast_dot is None:
         # Triton's CPU interpreter multiplies 16-bit float operands of tl.dot as raw bit patterns; float32
         # operands are exact copies of bf16/fp16 values (and TF32 keeps their 8 to 11 significant bits).
@@ -217,12 +232,13 @@ def decode_attention(q, k, v, scale=None, *, block_s=64, num_warps=4, num_stages
         part, lse = out, out  # not read: the split kernel stores the output itself
     else:
         part = torch.empty((pairs * num_splits * rows * D,), dtype=torch.float32, device=q.device)
-        lse = torch.empty((pairs * num_splits * rows,), dtype=torch.float32, device=q.device)
+        lse = torch.empty((pairs * num_splits * rows,), dtype=torch.float64 if wide else torch.float32,
+                          device=q.device)
     _split_kernel[(pairs, num_splits)](
         q, k, v, out, part, lse, Hkv, S, Sq, D, rows, group, split_len, num_splits, scale * LOG2E,
         *q.stride(), *k.stride(), *v.stride(),
         BLOCK_M=block_m, BLOCK_S=block_s, BLOCK_D=block_d, USE_DOT=use_dot,
-        UPCAST_DOT=bool(upcast_dot), DOT_PRECISION=precision, SINGLE=single,
+        UPCAST_DOT=bool(upcast_dot), DOT_PRECISION=precision, WIDE=wide, SINGLE=single,
         num_warps=num_warps, num_stages=num_stages)
     if not single:
         _combine_kernel[(pairs * rows,)](
