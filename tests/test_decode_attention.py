@@ -154,3 +154,19 @@ def test_models_on_other_attention_implementations_are_not_routed(rng_seed, inte
     assert info["patched"] == {} and "'eager'" in info["skipped"]["decode_attention"]
     assert model.config._attn_implementation == "eager"
     kernelgen.unpatch(model)
+
+
+def test_custom_op_schema_and_fake_outputs(interpreter):
+    """torch.compile sees the op as torch.ops.kernelgen.decode_attention: an optional float scale in its
+    schema, and fake outputs from the launcher run without launches."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from kernelgen.custom_ops import schema_for
+
+    op = get_op("decode_attention")
+    assert schema_for(op.spec, op.launcher()) == "(Tensor q, Tensor k, Tensor v, float? scale=None) -> Tensor"
+    kernelgen.ops.decode_attention  # noqa: B018  (registers the custom op)
+    with FakeTensorMode():
+        q, k = torch.empty(16, 32, 1, 128, dtype=torch.bfloat16), torch.empty(16, 8, 2049, 128, dtype=torch.bfloat16)
+        out = torch.ops.kernelgen.decode_attention(q, k, k, None)
+    assert out.shape == (16, 32, 1, 128) and out.dtype == torch.bfloat16
