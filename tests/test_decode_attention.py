@@ -170,3 +170,27 @@ def test_custom_op_schema_and_fake_outputs(interpreter):
         q, k = torch.empty(16, 32, 1, 128, dtype=torch.bfloat16), torch.empty(16, 8, 2049, 128, dtype=torch.bfloat16)
         out = torch.ops.kernelgen.decode_attention(q, k, k, None)
     assert out.shape == (16, 32, 1, 128) and out.dtype == torch.bfloat16
+
+
+def test_sweep_script_checks_every_config_on_the_interpreter(tmp_path):
+    """The GPU sweep's code path with tiny shapes on the CPU: every config is checked against SDPA (no
+    timings there), none fails, and the JSON names the shapes."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(root))
+    out = tmp_path / "sweep.json"
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "sweep_decode_attention.py"), "--device", "cpu",
+                           "--tiny", "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert not result["failed"] and not result["skipped_after_budget"]
+    assert len(result["shapes"]) == 2
+    for rows in result["shapes"].values():
+        labels = {r["label"] for r in rows}
+        assert "sdpa (default)" in labels and "decode_attention (launcher defaults)" in labels
+        assert all(r["max_abs_err"] <= 2e-2 for r in rows)
