@@ -20,7 +20,7 @@ from __future__ import annotations
 ATTN_NAME = "kernelgen_decode"
 ROUTED_FROM = "sdpa"
 MAX_HEAD_DIM = 256
-_ATTR = "_kernelgen_decode_attention"  # on each attention module: (fallback name, op call, servable check)
+_ATTR = "_kernelgen_decode_attention"  # on each attention module: (fallback function, op call, servable check)
 # Keyword arguments that change what attention computes; a call with any of them set goes to the fallback.
 _CHANGES_RESULT = ("softcap", "sliding_window", "s_aux", "sinks", "position_bias", "head_mask")
 
@@ -38,15 +38,15 @@ def decode_attention_forward(module, query, key, value, attention_mask, dropout=
     if entry is None:  # a module of a model that was not patched (or was unpatched) but uses our name
         return _fallback(ROUTED_FROM)(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
-    previous, op, servable = entry
+    fallback, op, servable = entry
     if (attention_mask is not None or dropout != 0.0 or query.dim() != 4 or query.shape[2] != 1
             or key.dim() != 4 or value.shape != key.shape or query.shape[0] != key.shape[0]
             or query.shape[-1] != key.shape[-1] or query.shape[-1] > MAX_HEAD_DIM
             or key.shape[1] == 0 or query.shape[1] % key.shape[1] or key.shape[2] == 0
             or not query.dtype == key.dtype == value.dtype or kwargs.get("output_attentions")
             or any(kwargs.get(k) is not None for k in _CHANGES_RESULT) or not servable(query, key, value)):
-        return _fallback(previous)(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                   is_causal=is_causal, **kwargs)
+        return fallback(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                        is_causal=is_causal, **kwargs)
     out = op(query, key, value, scaling)
     # [B, Hq, 1, D] -> [B, 1, Hq, D]: a view, contiguous because the moved dim has size 1
     return out.transpose(1, 2), None
@@ -89,8 +89,9 @@ def route(model, attn_modules: list, op, servable) -> tuple[int, str, list]:
     if config._attn_implementation != ATTN_NAME:
         restore(saved, [])
         return 0, "the model did not take the attention implementation", []
+    fallback = _fallback(previous)  # resolved once: no lookup (or import) on the decode path
     for attn in attn_modules:
-        attn.__dict__[_ATTR] = (previous, op, servable)
+        attn.__dict__[_ATTR] = (fallback, op, servable)
     return len(attn_modules), "", [saved, list(attn_modules)]
 
 
