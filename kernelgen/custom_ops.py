@@ -53,6 +53,8 @@ def schema_for(spec, launcher) -> str | None:
                 parts.append(f"{typ} {p.name}")
             elif isinstance(p.default, (bool, int, float)):
                 parts.append(f"{typ} {p.name}={_literal(p.default)}")
+            elif p.default is None:  # an optional scalar, e.g. a scale that defaults to 1/sqrt(D)
+                parts.append(f"{typ}? {p.name}=None")
             else:
                 return None
         else:

@@ -12,6 +12,7 @@ replaces, on this model's own module instances:
 | `down_proj(act(gate_proj(x)) * up_proj(x))` with SiLU / exact or tanh GELU | silu_and_mul / gelu_and_mul |
 | `apply_rotary_pos_emb(q, k, cos, sin)` inside the model's attention modules | rotary_embedding |
 | the causal-LM loss (`model.loss_function`) | cross_entropy |
+| attention of one new token against the KV cache (sdpa models; prefill and masked calls stay sdpa) | decode_attention |
 
 Each replacement checks its call first and runs the original code for anything it does not cover: a tensor
 on another device than the backend's, a call that needs gradients (the kernels are forward-only), another
@@ -23,7 +24,11 @@ left as it is rather than computed differently. Only ops verified on the backend
 RoPE is a module-level function in transformers: patch() swaps it in the model's modeling module for one
 that uses our kernel only while an attention module of a patched model is running (other models in the
 process keep the original), and puts it back when the last patched model of that family is unpatched.
-unpatch(model) restores every instance attribute exactly as it was.
+Decode attention goes through transformers' AttentionInterface: the model's attention implementation is
+switched from "sdpa" to a registered name whose function serves one-token, unmasked calls and hands every
+other call to sdpa (kernelgen/patch_attention.py).
+
+unpatch(model) restores every instance attribute, and the attention implementation, exactly as they were.
 """
 
 from __future__ import annotations
@@ -40,10 +45,12 @@ import torch
 import torch.nn.functional as F
 
 from kernelgen.custom_ops import compile_aware, register
+from kernelgen.patch_attention import restore as restore_attention
+from kernelgen.patch_attention import route as route_attention
 
 POLICIES = ("verified", "all")
 LIBRARY_OPS = ("rms_norm", "fused_add_rms_norm", "silu_and_mul", "gelu_and_mul", "rotary_embedding",
-               "cross_entropy")
+               "cross_entropy", "decode_attention")
 _LAYER_STEPS = ("residual = hidden_states", "hidden_states = self.input_layernorm(hidden_states)",
                 "hidden_states = residual + hidden_states", "residual = hidden_states",
                 "hidden_states = self.post_attention_layernorm(hidden_states)",
@@ -57,6 +64,7 @@ class _Patch:
     saved: list = field(default_factory=list)  # (module, had its own forward, that forward)
     rope_modules: list = field(default_factory=list)
     loss: tuple | None = None  # (had its own _loss_function, that value)
+    attention: list = field(default_factory=list)  # (configs' attention implementations, routed modules)
     patched: Counter = field(default_factory=Counter)
     skipped: dict = field(default_factory=dict)
 
@@ -338,8 +346,8 @@ def patch(model, backend=None, policy="verified", include=None, exclude=None) ->
             elif kind[0] in ops:
                 _patch_mlp(rec, m, kind, ops[kind[0]][0], ok)
                 rec.patched[kind[0]] += 1
+    attns = [m for m in modules if type(m).__name__.endswith("Attention") and hasattr(m, "q_proj")]
     if "rotary_embedding" in ops:
-        attns = [m for m in modules if type(m).__name__.endswith("Attention") and hasattr(m, "q_proj")]
         n = _install_rope(model, rec, attns, ops["rotary_embedding"][0], ok)
         if n:
             rec.patched["rotary_embedding"] += n
@@ -349,6 +357,12 @@ def patch(model, backend=None, policy="verified", include=None, exclude=None) ->
             rec.patched["cross_entropy"] += 1
         else:
             rec.skipped["cross_entropy"] = "the model has no settable loss_function"
+    if "decode_attention" in ops:
+        n, why, rec.attention = route_attention(model, attns, ops["decode_attention"][0], ok)
+        if n:
+            rec.patched["decode_attention"] += n
+        else:
+            rec.skipped["decode_attention"] = why
     _patches[model] = rec
     return {"patched": dict(rec.patched), "skipped": dict(rec.skipped)}
 
@@ -366,6 +380,8 @@ def unpatch(model) -> None:
             del module.forward
     for m in model.modules():
         m.__dict__.pop("_kernelgen_w1", None)
+    if rec.attention:
+        restore_attention(*rec.attention)
     if rec.loss is not None:
         had_own, own = rec.loss
         if had_own:

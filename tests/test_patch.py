@@ -62,7 +62,8 @@ def test_patched_model_is_served_by_library_ops_and_unpatch_restores_it(family, 
     act = "gelu_and_mul" if family == "gemma" else "silu_and_mul"
     extra_norms = 2 * L if family == "qwen3" else 0  # q_norm and k_norm in every attention
     assert info["patched"] == {"fused_add_rms_norm": L, "rms_norm": 2 * L + 1 + extra_norms, act: L,
-                               "rotary_embedding": L, "cross_entropy": 1}, info
+                               "rotary_embedding": L, "cross_entropy": 1, "decode_attention": L}, info
+    assert model.config._attn_implementation == "kernelgen_decode"
     with count_launches() as launches:
         logits, loss = run(model, ids)
     act_kernel = "_gelu_and_mul_kernel" if family == "gemma" else "_silu_and_mul_kernel"
@@ -82,6 +83,7 @@ def test_patched_model_is_served_by_library_ops_and_unpatch_restores_it(family, 
     assert launches.total_launches == 0
     assert torch.equal(logits, ref_logits) and torch.equal(loss, ref_loss)
     assert not any("forward" in m.__dict__ for m in model.modules())
+    assert model.config._attn_implementation == "sdpa"
 
 
 def test_rope_is_served_only_inside_patched_models(rng_seed, interpreter):
@@ -120,7 +122,8 @@ def test_verified_policy_uses_only_ops_with_fresh_passing_records(rng_seed, inte
 
     model = build("llama", seed=rng_seed)
     info = kernelgen.patch(model, backend="interpreter")
-    for name in ("rms_norm", "fused_add_rms_norm", "silu_and_mul", "rotary_embedding", "cross_entropy"):
+    for name in ("rms_norm", "fused_add_rms_norm", "silu_and_mul", "rotary_embedding", "cross_entropy",
+                 "decode_attention"):
         status = op_status(get_op(name), "interpreter")["status"]
         if status == "verified":
             assert info["patched"].get(name), (name, info)
