@@ -48,7 +48,7 @@ TINY = dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_
             intermediate_size=128, vocab_size=128, max_position_embeddings=64, rms_norm_eps=1e-5)
 CLASSES = {"llama": ("LlamaConfig", "LlamaForCausalLM", "apply_liger_kernel_to_llama"),
            "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", "apply_liger_kernel_to_qwen2")}
-MODES = ("eager", "patch", "liger", "gems")  # gems last: the slowest to compile, and it faults
+MODES = ("eager", "patch", "patch_attention", "liger", "gems")  # gems last: the slowest to compile, and it faults
 DEADLINE: float | None = None  # time.time() past which the remaining modes are skipped (set by the caller)
 STEPS = 20  # back-to-back decode steps per timing
 GEMS_FAILED: list = []  # [model, error] once use_gems() failed in this run
@@ -176,8 +176,11 @@ def _enter_mode(mode, model, family, backend, policy, gems_exclude=()):
 
     if mode == "eager":
         return (lambda: None), {}
-    if mode == "patch":
-        info = kernelgen.patch(model, backend=backend, policy=policy)
+    if mode in ("patch", "patch_attention"):  # patch_attention: decode attention too (opt-in in patch())
+        from kernelgen.patch_models import LIBRARY_OPS
+
+        include = list(LIBRARY_OPS) if mode == "patch_attention" else None
+        info = kernelgen.patch(model, backend=backend, policy=policy, include=include)
         return (lambda: kernelgen.unpatch(model)), info
     if mode == "gems":
         import flag_gems

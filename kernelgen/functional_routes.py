@@ -67,10 +67,6 @@ ROUTES = {
 }
 
 
-def _modes_active() -> bool:
-    return bool(torch._C._len_torch_function_stack()) or bool(torch._C._len_torch_dispatch_stack())
-
-
 def make_route(original, adapter, translate, device_type: str, served, min_numel: int = 0):
     """The function that takes F.<name>'s place (see the module docstring)."""
     call, tensor_params = translate(adapter)
@@ -78,16 +74,19 @@ def make_route(original, adapter, translate, device_type: str, served, min_numel
     params = list(inspect.signature(call).parameters)
     positions = [(params.index(p), p) for p in tensor_params]
 
+    grad_enabled, compiling = torch.is_grad_enabled, torch.compiler.is_compiling
+    function_modes, dispatch_modes = torch._C._len_torch_function_stack, torch._C._len_torch_dispatch_stack
+
     @functools.wraps(original)
     def route(*args, **kwargs):
-        grad = torch.is_grad_enabled()
+        grad = grad_enabled()
         for i, name in positions:
             t = args[i] if i < len(args) else kwargs.get(name)
             if t is None and i > 0:
                 continue  # an optional tensor not given
             if type(t) not in _PLAIN or not on_device(t) or (grad and t.requires_grad):
                 return original(*args, **kwargs)
-        if _modes_active() or torch.compiler.is_compiling():
+        if function_modes() or dispatch_modes() or compiling():  # modes must see every op; Dynamo traces
             return original(*args, **kwargs)
         if min_numel and args and args[0].numel() < min_numel:
             return original(*args, **kwargs)

@@ -84,7 +84,10 @@ def _part(a, tensors):
     if type(a) in _SCALARS:
         return (type(a), a)
     if type(a) in (tuple, list, torch.Size):
-        return (type(a), tuple(_part(v, tensors) for v in a))
+        for v in a:
+            if type(v) is not int:
+                return (type(a), tuple(_part(v, tensors) for v in a))
+        return (type(a), tuple(a))  # ints only (a normalized_shape, a dim list): the values themselves
     raise _Unplannable
 
 
@@ -104,35 +107,66 @@ def signature(args: tuple, kwargs: dict):
     return key, tensors
 
 
+def _key_lines(n: int, names: tuple[str, ...], indent: str) -> list[str]:
+    """Source lines that set `key` (and fill `tensors`) for n positional arguments and these keyword names,
+    the argument loop unrolled: a tensor's part and a scalar's inline, anything else through `_part`."""
+    values = [f"args[{i}]" for i in range(n)] + [f"kwargs[{name!r}]" for name in names]
+    lines, parts = [], []
+    for i, v in enumerate(values):
+        lines += [f"a = {v}",
+                  "if type(a) is T or type(a) is P:",
+                  "    d = device_index(a)",
+                  "    if d < 0:",
+                  "        raise Unplannable",
+                  "    tensors.append(a)",
+                  f"    p{i} = (a.dtype, a.shape, a.stride(), d, not a.data_ptr() & 15)",
+                  "elif type(a) in S:",
+                  f"    p{i} = (type(a), a)",
+                  "else:",
+                  f"    p{i} = part(a, tensors)"]
+        parts.append(f"p{i}" if i < n else f"({names[i - n]!r}, p{i})")
+    lines.append(f"key = (current_device(), ({''.join(p + ', ' for p in parts)}))")
+    return [indent + line for line in lines]
+
+
+def _generated(lines: list[str], name: str, **bound):
+    scope = {"T": torch.Tensor, "P": torch.nn.Parameter, "S": _SCALARS, "device_index": _device_index,
+             "part": _part, "Unplannable": _Unplannable, "current_device": launch.current_device, **bound}
+    exec("\n".join(lines) + "\n", scope)  # noqa: S102 - source built from argument positions and names only
+    return scope[name]
+
+
 def signature_function(n: int, names: tuple[str, ...]):
     """`signature(args, kwargs)` for calls with n positional arguments and these keyword names, generated
-    with the argument loop unrolled: a tensor's part inline, anything else through `_part`. Same keys as
-    `signature` (tested), in less time per call. The key may be unhashable (an argument such as a list
-    holding a dict): the caller's lookup raises TypeError then."""
-    values = [f"args[{i}]" for i in range(n)] + [f"kwargs[{name!r}]" for name in names]
-    lines = ["def signature(args, kwargs):", "    tensors = []", "    try:"]
-    parts = []
-    for i, v in enumerate(values):
-        lines += [f"        a = {v}",
-                  "        if type(a) is T or type(a) is P:",
-                  "            d = device_index(a)",
-                  "            if d < 0:",
-                  "                raise Unplannable",
-                  "            tensors.append(a)",
-                  f"            p{i} = (a.dtype, a.shape, a.stride(), d, not a.data_ptr() & 15)",
-                  "        elif type(a) in S:",
-                  f"            p{i} = (type(a), a)",
-                  "        else:",
-                  f"            p{i} = part(a, tensors)"]
-        parts.append(f"p{i}" if i < n else f"({names[i - n]!r}, p{i})")
-    lines += [f"        key = (current_device(), ({''.join(p + ', ' for p in parts)}))",
-              "    except Unplannable:",
-              "        return None, None",
-              "    return key, tensors"]
-    scope = {"T": torch.Tensor, "P": torch.nn.Parameter, "S": _SCALARS, "device_index": _device_index, "part": _part,
-             "Unplannable": _Unplannable, "current_device": launch.current_device}
-    exec("\n".join(lines) + "\n", scope)  # noqa: S102 - source built from argument positions and names only
-    return scope["signature"]
+    with the argument loop unrolled. Same keys as `signature` (tested), in less time per call. The key may
+    be unhashable (an argument such as a list holding a dict): the caller's lookup raises TypeError then."""
+    lines = ["def signature(args, kwargs):", "    tensors = []", "    try:", *_key_lines(n, names, " " * 8),
+             "    except Unplannable:", "        return None, None", "    return key, tensors"]
+    return _generated(lines, "signature")
+
+
+def front_function(n: int, names: tuple[str, ...], plans: dict, fn, slow):
+    """The whole hot path of a planned call with n positional arguments and these keyword names, in one
+    generated function: the conditions for a replay, the signature, the lookup and the replay; anything
+    else goes to fn (no replay possible) or to slow (a first call, a recording, an unplannable signature)."""
+    lines = ["def front(args, kwargs):",
+             "    st = state",
+             "    if (not planmod._replays_on or not launchmod._use_cache or st.no_launch or st.recorder is not None",
+             "            or hooks() or counted()):",
+             "        return fn(*args, **kwargs)",
+             "    tensors = []",
+             "    try:", *_key_lines(n, names, " " * 8),
+             "        plan = plans.get(key)",
+             "    except (Unplannable, TypeError):  # an argument no plan covers, or an unhashable value",
+             "        return fn(*args, **kwargs)",
+             "    if type(plan) is Replay:",
+             "        return plan(*tensors, current_stream(key[0]))",
+             "    return slow(args, kwargs, key, tensors, plan)"]
+    import sys
+
+    return _generated(lines, "front", state=launch._state, planmod=sys.modules[__name__], launchmod=launch,
+                      hooks=launch._hooks_active, counted=launch._counted, current_stream=launch.current_stream,
+                      plans=plans, fn=fn, slow=slow, Replay=types.FunctionType)
 
 
 class _Watch(TorchDispatchMode):
@@ -311,25 +345,9 @@ def planned(fn):
     """fn with launch plans (see the module docstring). The second call of a signature records its plan;
     later calls replay it."""
     plans: dict = {}  # key -> replay function, _UNPLANNABLE, or the number of plain calls so far
-    signatures: dict = {}  # number of positional arguments (and keyword names) -> its signature function
+    fronts: dict = {}  # number of positional arguments (and keyword names) -> its generated front
 
-    @functools.wraps(fn)
-    def call(*args, **kwargs):
-        if not _replays_on or not launch.replay_allowed():
-            return fn(*args, **kwargs)
-        shape = (len(args), tuple(kwargs)) if kwargs else len(args)
-        sig = signatures.get(shape)
-        if sig is None:
-            sig = signatures[shape] = signature_function(len(args), tuple(kwargs))
-        key, tensors = sig(args, kwargs)
-        if key is None:
-            return fn(*args, **kwargs)
-        try:
-            plan = plans.get(key)
-        except TypeError:  # an unhashable argument value
-            return fn(*args, **kwargs)
-        if type(plan) is types.FunctionType:
-            return plan(*tensors, launch.current_stream(key[0]))
+    def slow(args, kwargs, key, tensors, plan):
         if plan is None:  # first call: compiles and fills the launch caches
             if len(plans) >= MAX_PLANS:
                 plans.clear()
@@ -340,5 +358,13 @@ def planned(fn):
         out, plans[key] = _record(fn, args, kwargs, tensors)
         return out
 
-    call.plans, call.signatures, call.unplanned = plans, signatures, fn
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        shape = (len(args), tuple(kwargs)) if kwargs else len(args)
+        front = fronts.get(shape)
+        if front is None:
+            front = fronts[shape] = front_function(len(args), tuple(kwargs), plans, fn, slow)
+        return front(args, kwargs)
+
+    call.plans, call.fronts, call.unplanned = plans, fronts, fn
     return call
