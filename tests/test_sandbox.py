@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from battery import (
+    BATTERY_JOBS,
     BATTERY_TIMEOUT,
     CHECKS,
     HOSTILE,
@@ -77,7 +78,7 @@ def battery(tmp_path_factory) -> BatteryRun:
     folders = [lib / "correct" if case == "correct" else scratch.battery / case for case in EXPECTED]
     env = {**os.environ, **scratch.env(), "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "kernelgen.cli", "verify", *map(str, folders), "--backend", "interpreter",
-           "--jobs", "2", "--timeout", str(TIMEOUT), "--format", "json"]
+           "--jobs", str(BATTERY_JOBS), "--timeout", str(TIMEOUT), "--format", "json"]
     try:
         proc = subprocess.run(cmd, cwd=scratch.work, env=env, capture_output=True, text=True,
                               timeout=BATTERY_TIMEOUT - 60)
