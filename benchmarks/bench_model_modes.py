@@ -34,6 +34,7 @@ absolute error), next to eager's; the graph replay's logits against the same mod
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -49,6 +50,9 @@ TINY = dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_
 CLASSES = {"llama": ("LlamaConfig", "LlamaForCausalLM", "apply_liger_kernel_to_llama"),
            "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", "apply_liger_kernel_to_qwen2")}
 MODES = ("eager", "patch", "patch_attention", "liger", "gems")  # gems last: the slowest to compile, and it faults
+# The package a mode needs: where it is not installed the mode is skipped without starting a child for it
+# (a child imports torch and transformers and builds the model before it would find out).
+MODE_PACKAGES = {"liger": "liger_kernel", "gems": "flag_gems"}
 DEADLINE: float | None = None  # time.time() past which the remaining modes are skipped (set by the caller)
 STEPS = 20  # back-to-back decode steps per timing
 GEMS_FAILED: list = []  # [model, error] once use_gems() failed in this run
@@ -304,7 +308,10 @@ def run_family(family, device, backend, tiny, quick, policy) -> dict:
             if DEADLINE is not None and time.time() > DEADLINE:
                 out["modes"][mode] = {"skipped": "time budget of the part spent (--part-budget-s)"}
                 continue
-            if mode == "gems" and GEMS_FAILED:
+            package = MODE_PACKAGES.get(mode)
+            if package and importlib.util.find_spec(package) is None:
+                row = {"skipped": f"ModuleNotFoundError: No module named {package!r}"}
+            elif mode == "gems" and GEMS_FAILED:
                 # use_gems() faulted on an earlier model of this run: straight to the retry, said so
                 row = _child(family, mode, args, refs, gems_exclude=("mul",))
                 row["gems_full_failed"] = f"not retried here; on {GEMS_FAILED[0]}: {GEMS_FAILED[1]}"

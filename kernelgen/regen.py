@@ -150,6 +150,28 @@ class _Candidate:
     files: dict[str, str]  # relative path -> text, what moves into the op folder if it wins
 
 
+def _verify_candidates(cands: list[_Candidate], verify: Callable[[list[Path], bool], list[Verdict]],
+                       measures_performance: bool) -> list[tuple[_Candidate, Verdict]]:
+    """The candidates' verdicts, each op's in the order tried. Where speed is measured every candidate runs
+    (the fastest passing one wins). Elsewhere the first passing one wins, so an op's next candidate runs only
+    when the ones before it failed: round by round, the next candidate of every op still without a winner,
+    side by side (a verdict that cannot change the outcome is not worth a verification)."""
+    if measures_performance:
+        return list(zip(cands, verify([c.folder for c in cands], False)))
+    queues: dict[str, list[_Candidate]] = {}
+    for c in cands:
+        queues.setdefault(c.op.name, []).append(c)
+    tried: list[tuple[_Candidate, Verdict]] = []
+    while queues:
+        batch = [queue.pop(0) for queue in queues.values()]
+        for c, cv in zip(batch, verify([c.folder for c in batch], False)):
+            tried.append((c, cv))
+            if not problem(cv, measures_performance):
+                queues[c.op.name].clear()
+        queues = {name: queue for name, queue in queues.items() if queue}
+    return tried
+
+
 def _stage(root: Path, op: Op, backend: str, files: dict[str, str]) -> Path:
     """A copy of what the op is on `backend` (kernel, spec, its variant and tuning), plus `files`."""
     folder = root / f"{len(list(root.iterdir())):04d}" / op.name  # the folder name must be the op name
@@ -295,9 +317,8 @@ def regenerate(backend: str, ops: Sequence[str] | None = None, jobs: int = 1, ex
             if not cands:
                 continue
             say("", f"{kind}: verifying {len(cands)} candidate(s) on {backend}")
-            verdicts = verify([c.folder for c in cands], write=False)
             by_op: dict[str, list[tuple[_Candidate, Verdict]]] = {}
-            for c, cv in zip(cands, verdicts):
+            for c, cv in _verify_candidates(cands, verify, be.measures_performance):
                 by_op.setdefault(c.op.name, []).append((c, cv))
                 if cv.passed:
                     say(c.op.name, f"{kind} {c.label}: pass")

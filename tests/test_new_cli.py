@@ -166,29 +166,20 @@ def test_llm_kernel_that_computes_with_torch_is_rejected_by_anticheat_and_not_me
 
 
 # ---- 3. retries -------------------------------------------------------------------------------------
-def test_server_errors_are_retried_with_backoff_and_the_run_completes(env, tmp_path):
+def test_server_errors_and_rate_limits_429_are_retried_with_backoff_and_the_run_completes(env, tmp_path):
+    # One run for both kinds of transient answer (the default 3 retries take all three).
     lib = tmp_path / "lib"
-    with ScriptedLLM([(500, "overloaded"), (500, "overloaded"), answer(KERNEL, SPEC)]) as srv:
+    with ScriptedLLM([(500, "overloaded"), (500, "overloaded"), (429, "rate limited"), answer(KERNEL, SPEC)]) as srv:
         env.setenv("KERNELGEN_BASE_URL", srv.url)
         code, res, err = cli("new", REQUEST, "--library", str(lib), "--backend", "interpreter",
                              "--candidates", "1", "--rounds", "0", "--trials", "1", "--dry-run")
         statuses = srv.statuses
-    assert statuses == [500, 500, 200]
+    assert statuses == [500, 500, 429, 200]
     assert code == 0, err
-    assert res["llm"]["attempts"] == ["HTTP 500: overloaded", "HTTP 500: overloaded", "HTTP 200"]
+    assert res["llm"]["attempts"] == ["HTTP 500: overloaded", "HTTP 500: overloaded", "HTTP 429: rate limited",
+                                      "HTTP 200"]
     assert res["status"] == "dry-run" and res["winner"] == "llm-1" and res["candidates"][0]["passed"]
     assert not lib.exists()  # --dry-run: everything but the merge
-
-
-def test_rate_limited_answers_429_are_retried(env, tmp_path):
-    with ScriptedLLM([(429, "rate limited"), answer(KERNEL, SPEC)]) as srv:
-        env.setenv("KERNELGEN_BASE_URL", srv.url)
-        code, res, err = cli("new", REQUEST, "--library", str(tmp_path / "lib"), "--backend", "interpreter",
-                             "--candidates", "1", "--rounds", "0", "--trials", "1", "--dry-run")
-        statuses = srv.statuses
-    assert statuses == [429, 200]
-    assert code == 0, err
-    assert res["llm"]["attempts"] == ["HTTP 429: rate limited", "HTTP 200"] and res["winner"] == "llm-1"
 
 
 # ---- 4. server down ---------------------------------------------------------------------------------

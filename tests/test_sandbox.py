@@ -1,26 +1,36 @@
-"""The hostile battery: every candidate folder under tests/hostile/ is verified in one `verify_many` call, from a
-scratch HOME, working directory and TMPDIR. Each must get a verdict, be rejected by the check its expect.toml names
-(the correct ones pass), and leave nothing behind: no marker file, no marker process, no `verified/` record."""
+"""The hostile battery: every candidate folder under tests/hostile/ is verified by one `kernelgen verify` command,
+run in a subprocess from a scratch HOME, working directory and TMPDIR. Nothing may kill the run; each candidate must
+get a verdict, be rejected by the check its expect.toml names (the correct ones pass), and leave nothing behind: no
+marker file, no marker process, no `verified/` record. The command is `verify_many` behind the CLI, so this one
+run checks both (the battery takes minutes on 2 cores: it runs once for the whole suite)."""
 
 import json
+import os
+import re
 import shutil
-import tempfile
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from battery import (
+    BATTERY_JOBS,
     BATTERY_TIMEOUT,
     CHECKS,
     HOSTILE,
     MARKER,
+    REPO,
     TIMEOUT,
+    Scratch,
     clear_traces,
     expectations,
     make_scratch,
     verified_folders,
 )
 
-from kernelgen.verify.sandbox import _signal_name, is_library_op, verify_many
+from kernelgen.verify.sandbox import _signal_name, is_library_op
+from kernelgen.verify.verdict import Verdict
 
 EXPECTED = expectations()
 # The whole battery runs in the module fixture, charged to the first test that uses it: minutes on 2 cores.
@@ -47,30 +57,43 @@ def test_battery_is_complete():
         assert EXPECTED[case].why.strip(), case
 
 
+@dataclass(frozen=True)
+class BatteryRun:
+    proc: subprocess.CompletedProcess
+    verdicts: dict[str, Verdict]  # by case: the report's n-th verdict is the n-th folder's
+    lib: Path
+    scratch: Scratch
+    traces: tuple[list[str], list[str]]  # (marker files, marker processes) found after the run
+
+
 @pytest.fixture(scope="module")
-def battery(tmp_path_factory):
-    # The correct candidate runs from a library-like folder (<root>/ops/correct) so its record is written; the
-    # others run from the scratch copy of the battery, outside any library, so nothing may be written next to them.
+def battery(tmp_path_factory) -> BatteryRun:
+    # The correct candidate runs from a library-like folder (<root>/lib/ops/correct) so its record is written; the
+    # others run from the scratch copy of the battery, outside any library, so nothing may be written next to them
+    # (the other correct controls among them pass there without a record).
     clear_traces()  # what an earlier, interrupted run may have left
     scratch = make_scratch(tmp_path_factory.mktemp("battery"))
     lib = scratch.root / "lib" / "ops"
     shutil.copytree(HOSTILE / "correct", lib / "correct", ignore=shutil.ignore_patterns("__pycache__"))
     folders = [lib / "correct" if case == "correct" else scratch.battery / case for case in EXPECTED]
-    done = []
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in scratch.env().items():
-            mp.setenv(key, value)
-        mp.setattr(tempfile, "tempdir", str(scratch.tmp))
-        mp.chdir(scratch.work)
-        verdicts = verify_many(folders, "interpreter", jobs=2, timeout=TIMEOUT, write=True, on_done=done.append)
-    traces = clear_traces(scratch)  # look, then clean up: (marker files, marker processes) found
-    return dict(zip(EXPECTED, verdicts)), done, lib, scratch, traces
+    env = {**os.environ, **scratch.env(), "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "kernelgen.cli", "verify", *map(str, folders), "--backend", "interpreter",
+           "--jobs", str(BATTERY_JOBS), "--timeout", str(TIMEOUT), "--format", "json"]
+    try:
+        proc = subprocess.run(cmd, cwd=scratch.work, env=env, capture_output=True, text=True,
+                              timeout=BATTERY_TIMEOUT - 60)
+    finally:
+        traces = clear_traces(scratch)  # look, then clean up
+    try:
+        verdicts = [Verdict.from_dict(d) for d in json.loads(proc.stdout)["verdicts"]]
+    except ValueError as exc:
+        raise AssertionError(f"no JSON report: exit {proc.returncode}; stderr tail: {proc.stderr[-2000:]}") from exc
+    return BatteryRun(proc, dict(zip(EXPECTED, verdicts)), lib, scratch, traces)
 
 
 @pytest.mark.parametrize("case", list(EXPECTED))
 def test_hostile_candidate_is_rejected_by_the_right_check(battery, case):
-    verdicts, _, _, _, _ = battery
-    v, want = verdicts[case], EXPECTED[case]
+    v, want = battery.verdicts[case], EXPECTED[case]
     assert v.op == case
     assert v.check == want.check, f"{case} ({want.why}): {v.check or 'passed'}: {v.message}"
     assert v.passed is want.passes
@@ -79,22 +102,27 @@ def test_hostile_candidate_is_rejected_by_the_right_check(battery, case):
 
 
 def test_run_goes_on_past_every_failure(battery):
-    verdicts, done, _, _, _ = battery
-    assert sorted(v.op for v in done) == sorted(EXPECTED)  # every candidate reported, in whatever order
-    assert list(verdicts) == [v.op for v in verdicts.values()]  # results in the order asked
+    """Nothing kills the run: it exits 1 (some candidates failed) with every verdict, in the order asked, and
+    reports each candidate as it finishes (verify_many's on_done: one stderr line each, in whatever order)."""
+    assert battery.proc.returncode == 1, f"exit {battery.proc.returncode}: {battery.proc.stderr[-2000:]}"
+    assert [v.op for v in battery.verdicts.values()] == list(EXPECTED)  # every result, in the order asked
+    done = re.findall(r"^(\w+): (pass|FAIL \w+) \(\d+\.\d s\)$", battery.proc.stderr, flags=re.MULTILINE)
+    assert sorted(op for op, _ in done) == sorted(EXPECTED), battery.proc.stderr[-2000:]
+    for op, mark in done:
+        v = battery.verdicts[op]
+        assert mark == ("pass" if v.passed else f"FAIL {v.check}"), (op, mark)
 
 
 def test_nothing_outlives_the_run_or_escapes_the_scratch_dir(battery):
-    _, _, _, scratch, (files, processes) = battery
+    files, processes = battery.traces
     assert not processes, f"processes left by candidates: {processes}"
     assert not files, f"marker files written outside the worker's scratch dir: {files}"
-    assert not verified_folders(scratch), "a verified/ record was written into the battery"
+    assert not verified_folders(battery.scratch), "a verified/ record was written into the battery"
 
 
 def test_record_is_written_only_for_library_ops_and_has_no_speed_figure(battery):
-    verdicts, _, lib, _, _ = battery
-    rec = json.loads((lib / "correct" / "verified" / "interpreter.json").read_text())
-    assert rec["passed"] is True and rec["source_hash"] == verdicts["correct"].source_hash
+    rec = json.loads((battery.lib / "correct" / "verified" / "interpreter.json").read_text())
+    assert rec["passed"] is True and rec["source_hash"] == battery.verdicts["correct"].source_hash
     assert not {"performance", "speedup_vs_eager", "speedup_vs_compile", "min_speedup_vs_eager"} & set(rec)
     assert rec["accuracy"] and all(row["passed"] for row in rec["accuracy"])
 
