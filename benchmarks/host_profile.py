@@ -136,10 +136,6 @@ def route_pieces(x, w, N) -> dict:
         print("route in place:", hasattr(route, "kernelgen_original"))
         for _ in range(3):
             route(x, (N,), w, 1e-6)
-        print("adapter plans:", {str(k)[:80]: (v if not callable(v) else "replay") for k, v in adapter.plans.items()})
-        for k, v in adapter.plans.items():
-            if callable(v):
-                print(v.source)
         return best_us({
             "route: F.rms_norm through enable()": lambda: route(x, (N,), w, 1e-6),
             "route: planned adapter called directly": lambda: adapter(x, (N,), w, 1e-6),

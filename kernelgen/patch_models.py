@@ -12,7 +12,7 @@ replaces, on this model's own module instances:
 | `down_proj(act(gate_proj(x)) * up_proj(x))` with SiLU / exact or tanh GELU | silu_and_mul / gelu_and_mul |
 | `apply_rotary_pos_emb(q, k, cos, sin)` inside the model's attention modules | rotary_embedding |
 | the causal-LM loss (`model.loss_function`) | cross_entropy |
-| attention of one new token against the KV cache (sdpa models; prefill and masked calls stay sdpa); only when named in `include` (see `OPT_IN`) | decode_attention |
+| one new token's attention over the KV cache (sdpa models; prefill, masks stay sdpa); opt-in | decode_attention |
 
 Each replacement checks its call first and runs the original code for anything it does not cover: a tensor
 on another device than the backend's, a call that needs gradients (the kernels are forward-only), another

@@ -26,7 +26,9 @@ def test_tiny_cpu_run_reports_every_part(tmp_path):
     assert parts["compile"]["graph_breaks"] == 0
     assert parts["compile"]["max_abs_err_vs_float32"] < 1e-5
     modes = parts["models"]["families"]["llama"]["modes"]
-    assert set(modes) == {"eager", "patch", "liger", "gems"}  # each measured, or skipped with its reason
+    assert set(modes) == {"eager", "patch", "patch_attention", "liger", "gems"}  # each measured, or skipped
+    assert "decode_attention" not in modes["patch"]["details"]["patched"]  # opt-in
+    assert modes["patch_attention"]["details"]["patched"]["decode_attention"] == 1
     assert all("ms" in modes[m] or modes[m].get("skipped") for m in modes), modes
     assert modes["patch"]["details"]["patched"]["rms_norm"] == 3  # 2 per layer + the final norm, 1 layer
     for phase in ("prefill", "decode"):

@@ -208,7 +208,6 @@ def test_generated_signatures_equal_the_generic_one(fake):
 
 def test_triton_36_launchers_are_called_at_their_c_launch(fake, monkeypatch):
     import triton
-
     from fake_triton import FakeCompiled
 
     module, _, compiled = fake
