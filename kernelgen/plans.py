@@ -152,7 +152,8 @@ def front_function(n: int, names: tuple[str, ...], plans: dict, fn, slow):
     lines = ["def front(args, kwargs):",
              "    st = state",
              "    if (not planmod._replays_on or not launchmod._use_cache or st.no_launch or st.recorder is not None",
-             "            or hooks() or counted()):",
+             "            or (JIT.run is not launchmod._TRITON_RUN and counted())",
+             "            or ((rt.launch_enter_hook is not None or rt.launch_exit_hook is not None) and hooks())):",
              "        return fn(*args, **kwargs)",
              "    tensors = []",
              "    try:", *_key_lines(n, names, " " * 8),
@@ -164,7 +165,10 @@ def front_function(n: int, names: tuple[str, ...], plans: dict, fn, slow):
              "    return slow(args, kwargs, key, tensors, plan)"]
     import sys
 
+    # The launch path's conditions (launch.replay_allowed) inline: the two function calls only when the
+    # cheap test sees something (JITFunction.run wrapped, a hook set).
     return _generated(lines, "front", state=launch._state, planmod=sys.modules[__name__], launchmod=launch,
+                      JIT=launch.JITFunction, rt=launch._knobs.runtime,
                       hooks=launch._hooks_active, counted=launch._counted, current_stream=launch.current_stream,
                       plans=plans, fn=fn, slow=slow, Replay=types.FunctionType)
 

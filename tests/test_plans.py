@@ -165,6 +165,27 @@ def test_replays_step_aside_for_counting_hooks_no_launch_and_switches(fake):
     assert len(ran) == 5
     fn(x)
     assert len(ran) == 5
+    from triton import knobs
+
+    hook = knobs.runtime.launch_enter_hook  # a profiler's launch hook must see every launch
+    if hasattr(hook, "add"):  # Triton >= 3.7: a chain of hooks
+        def profiler_hook(*a):
+            return None
+
+        hook.add(profiler_hook)
+        try:
+            fn(x)
+        finally:
+            hook.remove(profiler_hook)
+    else:
+        knobs.runtime.launch_enter_hook = lambda *a: None
+        try:
+            fn(x)
+        finally:
+            knobs.runtime.launch_enter_hook = hook
+    assert len(ran) == 6
+    fn(x)
+    assert len(ran) == 6
 
 
 def test_only_modules_whose_kernels_all_take_the_cached_path_get_plans(fake):
