@@ -29,6 +29,10 @@ VARIANTS = {
                                 "static", "module level may not call"),
     "rms_narrow_dtypes": ([('dtypes = ["float32", "float16", "bfloat16"]', 'dtypes = ["float32"]')], [],
                           "spec", "the adapter serves float16"),
+    # eps=None is torch.finfo(dtype).eps: the float64 reference would accept float64's eps for every dtype
+    "rms_reference_eps_from_dtype": ([(ORIGINAL_REFERENCE, ORIGINAL_REFERENCE.replace(", eps)", ")")),
+                                      ('[[aten]]\noverload = "aten::rms_norm"\nadapter = "aten_rms_norm"\n', "")],
+                                     [], "spec", "another function in float32 than in float64"),
     "rms_adapter_drops_weight": ([], [("        return rms_norm(input, weight, eps)",
                                        "        return rms_norm(input, None, eps)")], "adapter",
                                  "disagrees with ATen's aten::rms_norm"),
@@ -99,3 +103,15 @@ def test_widened_tolerances_within_the_cap_are_shown_in_reports():
     v = Verdict(op="rms_norm", backend="interpreter", passed=True, tolerances=widened(spec), sandboxed=True)
     md = to_markdown([v])
     assert "Widened tolerances" in md and "two roundings to bfloat16" in md and "| bfloat16 | 0.05 | 0.05 |" in md
+
+
+def test_every_dtype_gets_a_small_magnitude_case():
+    from kernelgen.backends import get_backend
+    from kernelgen.verify import plan
+
+    spec = get_op("rms_norm").spec
+    calls, groups = plan.build(spec, get_backend("interpreter"), ["x", "weight", "eps"], ["float32", "bfloat16"], 1, 5)
+    small = [g for g in groups if g["label"].startswith("small magnitude")]
+    assert [g["dtype"] for g in small] == ["float32", "bfloat16"]
+    x = calls[small[1]["ids"][0]].args[0]
+    assert 0 < x.abs().max().item() < 0.01  # a mean square near 1e-6: an eps of 1e-6 or 1e-2 shows

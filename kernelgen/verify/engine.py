@@ -88,7 +88,8 @@ def verify_folder(
             raise wall.SandboxUnavailable(why)
 
     def refs_of(requests):
-        return references.evaluate(spec, [(k, upcast(a) if k[0] != "dtype" else a) for k, a in requests],
+        return references.evaluate(spec, [(k, a if k[0] in ("dtype", "precision32") else upcast(a))
+                                          for k, a in requests],
                                    trusted_reference, sandbox, timeout)
 
     agree_requests, aten_answers, problem = specrules.agreement_requests(spec)
@@ -113,11 +114,12 @@ def verify_folder(
     nd_ids = {cid for g in groups if g.get("layout") == "nd" for cid in g["ids"]}
     ref_requests += [(("flat", c.id), flatten_leading(spec, c.args)) for c in calls if c.id in nd_ids]
     ref_requests += [(k, a) for k, a in agree_requests] + _dtype_requests(spec, dtypes)
+    ref_requests += specrules.precision_requests(spec)
     try:
         got = refs_of(ref_requests)
     except references.ReferenceFailed as exc:
         return done("spec", f"the reference could not be evaluated: {exc}")
-    problem = specrules.aten_agreement(spec, aten_answers, got)
+    problem = specrules.aten_agreement(spec, aten_answers, got) or specrules.precision_problem(spec, got)
     if problem:
         return done("spec", problem)
     refs = {k[0]: v for k, v in got.items() if len(k) == 1}

@@ -6,7 +6,8 @@ as an earlier call (repeated calls), or through the ATen dispatcher with an adap
 sees inputs only: reference outputs, tolerances and the verdict stay in the parent.
 
 Cases per dtype: the spec's test shapes; then, from the first test shape, strided rows, transposed inputs
-(a column stride other than 1), several leading dims, large magnitudes, an all-zero and a constant row,
+(a column stride other than 1), several leading dims, large and small magnitudes (small ones make an eps
+matter), an all-zero and a constant row,
 one row, a non-power-of-two row, a row longer than one block (with a small max_block, and with the launcher's
 own defaults), zero rows and zero columns. Every case has
 `trials` fresh seeds, alternately under the guard and without it (a kernel must not tell a verification
@@ -28,6 +29,9 @@ from kernelgen.verify.inputs import edge_shapes, make_inputs, nd_applies
 
 INTERPRETER_LONG_ROW_BLOCK = 1024  # the interpreter is slow: a smaller block limit keeps "long row" cheap
 LARGE_MAGNITUDE = {"float32": 1e4, "float16": 100.0, "bfloat16": 100.0}
+# Small inputs make an eps matter: a norm whose mean square is 1e-6 depends on eps through its rstd, so a
+# kernel that bakes in another dtype's eps (F.rms_norm's eps=None is finfo(input dtype).eps) is caught.
+SMALL_MAGNITUDE = 1e-3
 REPEATS = 3  # calls on the very same inputs: a kernel that changes with the call count is wrong
 
 
@@ -83,6 +87,7 @@ def cases(spec: OpSpec, backend: Backend, block_kwargs: dict[str, Any]) -> list[
     if nd_applies(spec):
         out.append(dict(label=f"several leading dims {base}", dims=base, layout="nd", optional=True))
     out.append(dict(label=f"large magnitude {base}", dims=base, magnitude=True))
+    out.append(dict(label=f"small magnitude {base}", dims=base, small=True))
     if base.get(spec.row_dim, 0) >= 1:
         out.append(dict(label=f"zero and constant rows {base}", dims=base, special_rows=True))
     limit = block_kwargs.get("max_block", backend.max_block_size)
@@ -122,7 +127,8 @@ def build(spec: OpSpec, backend: Backend, params: list[str], dtypes: list[str], 
             for trial in range(trials):
                 s = seed + trial * 7919
                 args = make_inputs(spec, case["dims"], dtype, "cpu", s, layout=case.get("layout", "contiguous"),
-                                   magnitude=LARGE_MAGNITUDE[dtype] if case.get("magnitude") else 1.0,
+                                   magnitude=(LARGE_MAGNITUDE[dtype] if case.get("magnitude")
+                                              else SMALL_MAGNITUDE if case.get("small") else 1.0),
                                    special_rows=case.get("special_rows", False))
                 # Odd trials run without the dispatch guard (as production does); even ones under it.
                 ids.append(add(case=case["label"], dtype=dtype, dims=case["dims"], seed=s, args=args,

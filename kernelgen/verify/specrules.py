@@ -6,6 +6,10 @@
   silently not happen).
 - A spec that overrides `aten::X` has a reference that matches ATen's X on random inputs (checked by
   `aten_agreement` with the reference's outputs, which the caller evaluates where the spec's trust allows).
+- The reference means the same function in float32 and float64 (`precision_problem`). Candidates are judged
+  against the reference run in float64; a reference whose constants follow its input dtype (F.rms_norm's
+  eps=None is torch.finfo(input.dtype).eps) would then accept a kernel with float64's constant, wrong for
+  every dtype a model runs. Small inputs make such a constant show.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from kernelgen.verify.inputs import make_inputs, upcast
 TOLERANCE_CAP = 10.0
 AGREEMENT_SEEDS = (101, 202)
 AGREEMENT_TOL = (1e-6, 1e-6)  # both sides run in float64: any real difference is far larger
+PRECISION_SEED = 303
+PRECISION_SCALE = 1e-3  # the first float input is this small: a mean square of 1e-6 lets an eps show
+PRECISION_TOL = 1e-3  # float32 against float64, relative to the output's largest value: rounding is far less
 
 
 def static_rules(spec: OpSpec) -> str | None:
@@ -78,4 +85,36 @@ def aten_agreement(spec: OpSpec, expected: dict[Any, tuple], refs: dict[Any, Any
                 return (f"{spec.source}: the reference disagrees with {overload}, the ATen op the spec overrides "
                         f"(output {i}, max difference {diff:.3g} in float64); the adapter would change what "
                         "models compute")
+    return None
+
+
+def precision_requests(spec: OpSpec) -> list[tuple[Any, list]]:
+    """The same small inputs twice: in float32 (`("precision32",)`, for the caller to run as they are) and
+    upcast to float64 (`("precision64",)`)."""
+    if "float32" not in spec.dtypes:
+        return []
+    args = make_inputs(spec, dict(spec.test_shapes[0]), "float32", "cpu", PRECISION_SEED, magnitude=PRECISION_SCALE)
+    return [(("precision32",), args), (("precision64",), upcast(args))]
+
+
+def precision_problem(spec: OpSpec, refs: dict[Any, Any]) -> str | None:
+    """None when the reference's float32 outputs match its float64 outputs on `precision_requests`' inputs
+    (or it cannot run in float32 on the CPU: nothing to compare), else one line."""
+    low, high = refs.get(("precision32",)), refs.get(("precision64",))
+    if not isinstance(low, tuple) or not isinstance(high, tuple):
+        return None
+    for i, (a, b) in enumerate(zip(low, high)):
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or not b.is_floating_point():
+            continue
+        if a.shape != b.shape or not b.numel():
+            continue
+        a64, b64 = a.double(), b.double()
+        finite = torch.isfinite(b64)
+        scale = b64[finite].abs().max().item() if finite.any() else 0.0
+        diff = (a64 - b64)[finite].abs().max().item() if finite.any() else 0.0
+        if diff > PRECISION_TOL * scale:
+            return (f"{spec.source}: the reference computes another function in float32 than in float64 (output "
+                    f"{i} differs by {diff / scale:.2g} of its largest value on small inputs): a constant follows "
+                    "the input dtype (e.g. eps=None, which is torch.finfo(dtype).eps). Candidates are judged in "
+                    "float64, so give such constants explicitly (e.g. eps=1e-6)")
     return None
