@@ -133,7 +133,8 @@ def part_check(device, tiny, quick) -> dict:
     from kernelgen import launch
 
     out = {"cases": 0, "mismatches": [], "kernel_identity": {"checked": 0, "different": [], "skipped": None}}
-    for name, args in _check_cases(device, tiny):
+    cases = _check_cases(device, tiny)
+    for name, args in cases:
         fn = getattr(kernelgen.ops, name).launcher
         launch.set_cached_launches(False)
         want = fn(*args)
@@ -147,7 +148,7 @@ def part_check(device, tiny, quick) -> dict:
             if not all(torch.equal(a, b) or (torch.isnan(a).all() and torch.isnan(b).all()) for a, b in zip(g_, want)):
                 out["mismatches"].append(f"{name} {args[0].dtype} ptr%16={args[0].data_ptr() % 16}")
         out["cases"] += 1
-    out["plans"] = _plan_counts()
+    out["plans"] = _plan_counts(sorted({name for name, _ in cases}))
     if device == "cuda":
         out["kernel_identity"] = _kernel_identity()
     else:
@@ -156,13 +157,12 @@ def part_check(device, tiny, quick) -> dict:
     return out
 
 
-def _plan_counts() -> dict:
-    """op launcher/adapter -> {"replayable": signatures with a plan, "unplannable": signatures without}."""
+def _plan_counts(names: list[str]) -> dict:
+    """op -> {"replayable": its launcher's signatures with a plan, "unplannable": those without}."""
     import kernelgen
 
     counts = {}
-    for name in ("rms_norm", "softmax", "log_softmax", "silu_and_mul", "fused_add_rms_norm", "layer_norm",
-                 "cross_entropy", "rotary_embedding"):
+    for name in names:
         plans = getattr(getattr(kernelgen.ops, name).launcher, "plans", None)
         if plans is None:
             counts[name] = "no plans (interpreted kernels)"

@@ -73,11 +73,11 @@ def pieces(op_name, kernel_name, eager, call, raw_args_fn):
 
         (plan_key, replay), = [(k, v) for k, v in call.fn.plans.items() if callable(v)]
         print(f"replay of {op_name}:\n{replay.source}")
-        sig = call.fn.signatures[len(call.args)]
+        front = call.fn.fronts[len(call.args)]
         tensors = [a for a in call.args if isinstance(a, torch.Tensor)]
         plan_pieces = {
-            "plan: replay allowed (checks)": launch.replay_allowed,
-            "plan: signature": lambda: sig(call.args, {}),
+            # the front: the replay conditions, the signature, the lookup, then the replay
+            "plan: generated front (whole planned call)": lambda: front(call.args, {}),
             "plan: lookup": lambda: call.fn.plans.get(plan_key),
             "plan: replay function alone": lambda: replay(*tensors, stream),
             "plans off (launcher + cached launch)": lambda: (plans.set_replays(False), call(), plans.set_replays(True)),

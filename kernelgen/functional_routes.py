@@ -23,7 +23,8 @@ import os
 import torch
 import torch.nn.functional as F
 
-_PLAIN = (torch.Tensor, torch.nn.Parameter)
+from kernelgen.plans import PLAIN_TENSOR_TYPES
+
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 
 
@@ -84,7 +85,7 @@ def make_route(original, adapter, translate, device_type: str, served, min_numel
             t = args[i] if i < len(args) else kwargs.get(name)
             if t is None and i > 0:
                 continue  # an optional tensor not given
-            if type(t) not in _PLAIN or not on_device(t) or (grad and t.requires_grad):
+            if type(t) not in PLAIN_TENSOR_TYPES or not on_device(t) or (grad and t.requires_grad):
                 return original(*args, **kwargs)
         if function_modes() or dispatch_modes() or compiling():  # modes must see every op; Dynamo traces
             return original(*args, **kwargs)

@@ -242,12 +242,6 @@ def recording():
         _state.recorder = None
 
 
-def replay_allowed() -> bool:
-    """Whether a launch plan may replay now: the conditions of the cached path, and no recording under way."""
-    return (_use_cache and not _state.no_launch and _state.recorder is None
-            and not _hooks_active() and not _counted())
-
-
 def current_device():
     return (_device_and_stream or _getters())[0]()
 

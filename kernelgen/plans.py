@@ -35,15 +35,16 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import types
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from kernelgen import launch
+from kernelgen.dispatch_mode import UncompiledDispatchMode
 
 MAX_PLANS = 64  # signatures per launcher; past it the plans start over
-_PLAIN = (torch.Tensor, torch.nn.Parameter)
+PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)  # exact types: a subclass (FakeTensor...) is not plain
 _SCALARS = (int, float, bool, str, type(None), torch.dtype)
 _aten = torch.ops.aten
 _ALLOCATIONS = {_aten.empty.memory_format, _aten.empty_like.default, _aten.empty_strided.default,
@@ -75,7 +76,7 @@ _device_index = torch.Tensor.get_device  # -1 for a CPU tensor
 
 def _part(a, tensors):
     """The key part of one argument (tensors are appended to `tensors`), or raise _Unplannable."""
-    if type(a) in _PLAIN:
+    if type(a) in PLAIN_TENSOR_TYPES:
         device = _device_index(a)
         if device < 0:
             raise _Unplannable  # a CPU tensor: compiled kernels cannot take its pointer
@@ -94,7 +95,8 @@ def _part(a, tensors):
 def signature(args: tuple, kwargs: dict):
     """(key, tensors) of a call: the key holds every property a launcher may depend on, tensors the tensor
     arguments in the order replays receive them. (None, None) when the call has an argument no plan
-    covers (a FakeTensor, a CPU tensor, an object). The generic form of `signature_function`'s."""
+    covers (a FakeTensor, a CPU tensor, an object). The generic form of the keys `front_function` builds
+    with the argument loop unrolled (tested to be equal)."""
     tensors: list = []
     try:
         parts = tuple(_part(a, tensors) for a in args)
@@ -136,20 +138,13 @@ def _generated(lines: list[str], name: str, **bound):
     return scope[name]
 
 
-def signature_function(n: int, names: tuple[str, ...]):
-    """`signature(args, kwargs)` for calls with n positional arguments and these keyword names, generated
-    with the argument loop unrolled. Same keys as `signature` (tested), in less time per call. The key may
-    be unhashable (an argument such as a list holding a dict): the caller's lookup raises TypeError then."""
-    lines = ["def signature(args, kwargs):", "    tensors = []", "    try:", *_key_lines(n, names, " " * 8),
-             "    except Unplannable:", "        return None, None", "    return key, tensors"]
-    return _generated(lines, "signature")
-
-
 def front_function(n: int, names: tuple[str, ...], plans: dict, fn, slow):
     """The whole hot path of a planned call with n positional arguments and these keyword names, in one
     generated function: the conditions for a replay, the signature, the lookup and the replay; anything
     else goes to fn (no replay possible) or to slow (a first call, a recording, an unplannable signature)."""
     lines = ["def front(args, kwargs):",
+             # The cached launch path's conditions inline (CachedLaunchJIT._launch tests the same): the two
+             # function calls only when the cheap test sees something (JITFunction.run wrapped, a hook set).
              "    st = state",
              "    if (not planmod._replays_on or not launchmod._use_cache or st.no_launch or st.recorder is not None",
              "            or (JIT.run is not launchmod._TRITON_RUN and counted())",
@@ -163,17 +158,13 @@ def front_function(n: int, names: tuple[str, ...], plans: dict, fn, slow):
              "    if type(plan) is Replay:",
              "        return plan(*tensors, current_stream(key[0]))",
              "    return slow(args, kwargs, key, tensors, plan)"]
-    import sys
-
-    # The launch path's conditions (launch.replay_allowed) inline: the two function calls only when the
-    # cheap test sees something (JITFunction.run wrapped, a hook set).
     return _generated(lines, "front", state=launch._state, planmod=sys.modules[__name__], launchmod=launch,
                       JIT=launch.JITFunction, rt=launch._knobs.runtime,
                       hooks=launch._hooks_active, counted=launch._counted, current_stream=launch.current_stream,
                       plans=plans, fn=fn, slow=slow, Replay=types.FunctionType)
 
 
-class _Watch(TorchDispatchMode):
+class _Watch(UncompiledDispatchMode):
     """Sees every ATen op of the recording call: keeps the allocations, notes any op that computes."""
 
     def __init__(self):
@@ -241,13 +232,10 @@ def _output_expr(out, inputs, buffers, src: _Source) -> str:
             if out is t:
                 return f"t{i}"
         for j, b in enumerate(buffers):
-            if out is b:
-                return f"b{j}"
-        for j, b in enumerate(buffers):
             if out.untyped_storage().data_ptr() == b.untyped_storage().data_ptr() and out.device == b.device:
                 if (out.shape, out.stride(), out.storage_offset(), out.dtype) == (b.shape, b.stride(),
                                                                                  b.storage_offset(), b.dtype):
-                    return f"b{j}"  # the allocation itself, under another Python object
+                    return f"b{j}"  # the allocation itself (whatever Python object holds it)
                 return (f"as_strided(b{j}, {src.bind(tuple(out.shape))}, {src.bind(tuple(out.stride()))}, "
                         f"{out.storage_offset()})")
         raise _Unplannable  # a view of an argument, or a tensor from elsewhere
@@ -329,7 +317,7 @@ def _record(fn, args, kwargs, inputs):
     with launch.recording() as launches, watch:
         out = fn(*args, **kwargs)
     try:
-        if launches is None or not launches.complete:
+        if not launches.complete:
             raise _Unplannable
         return out, build(launches.calls, watch, out, inputs)
     except _Unplannable:
