@@ -73,11 +73,10 @@ def pieces(op_name, kernel_name, eager, call, raw_args_fn):
 
         (plan_key, replay), = [(k, v) for k, v in call.fn.plans.items() if callable(v)]
         print(f"replay of {op_name}:\n{replay.source}")
-        front = call.fn.fronts[len(call.args)]
         tensors = [a for a in call.args if isinstance(a, torch.Tensor)]
         plan_pieces = {
-            # the front: the replay conditions, the signature, the lookup, then the replay
-            "plan: generated front (whole planned call)": lambda: front(call.args, {}),
+            # the generated entry point (the replay conditions, the signature, the lookup) and the replay
+            "plan: generated entry (whole planned call)": lambda: call.fn(*call.args),
             "plan: lookup": lambda: call.fn.plans.get(plan_key),
             "plan: replay function alone": lambda: replay(*tensors, stream),
             "plans off (launcher + cached launch)": lambda: (plans.set_replays(False), call(), plans.set_replays(True)),
@@ -124,23 +123,28 @@ def pieces(op_name, kernel_name, eager, call, raw_args_fn):
 
 
 def route_pieces(x, w, N) -> dict:
-    """F.rms_norm through enable()'s functional route, next to the planned adapter and launcher it calls."""
+    """F.rms_norm and F.softmax through enable()'s functional routes, next to the planned adapters and
+    launchers they call, and the same overrides reached through the dispatcher."""
     import kernelgen
     from kernelgen.library import get_op
 
-    module = get_op("rms_norm").module("cuda")
-    adapter, launcher = module.aten_rms_norm, module.rms_norm
-    kernelgen.enable(backend="cuda", policy="all", include=["rms_norm"])
+    rms, soft = get_op("rms_norm").module("cuda"), get_op("softmax").module("cuda")
+    kernelgen.enable(backend="cuda", policy="all", include=["rms_norm", "softmax"])
     try:
-        route = F.rms_norm
-        print("route in place:", hasattr(route, "kernelgen_original"))
+        rms_route, softmax_route = F.rms_norm, F.softmax
+        print("routes in place:", [hasattr(r, "kernelgen_original") for r in (rms_route, softmax_route)])
         for _ in range(3):
-            route(x, (N,), w, 1e-6)
+            rms_route(x, (N,), w, 1e-6)
+            softmax_route(x, -1)
         return best_us({
-            "route: F.rms_norm through enable()": lambda: route(x, (N,), w, 1e-6),
-            "route: planned adapter called directly": lambda: adapter(x, (N,), w, 1e-6),
-            "route: planned launcher called directly": lambda: launcher(x, w, 1e-6),
+            "route: F.rms_norm through enable()": lambda: rms_route(x, (N,), w, 1e-6),
+            "route: planned rms_norm adapter called directly": lambda: rms.aten_rms_norm(x, (N,), w, 1e-6),
+            "route: planned rms_norm launcher called directly": lambda: rms.rms_norm(x, w, 1e-6),
             "route: torch.rms_norm through the dispatcher's override": lambda: torch.rms_norm(x, (N,), w, 1e-6),
+            "route: F.softmax through enable()": lambda: softmax_route(x, -1),
+            "route: planned softmax adapter called directly": lambda: soft.aten_softmax(x, -1, False),
+            "route: planned softmax launcher called directly": lambda: soft.softmax(x),
+            "route: torch.softmax through the dispatcher's override": lambda: torch.softmax(x, -1),
         })
     finally:
         kernelgen.disable()
@@ -180,7 +184,7 @@ def main() -> None:
         "softmax": pieces("softmax", "_softmax_row", lambda: F.softmax(x, -1), soft_call,
                           lambda: ((M,), (x, y, N, 1, N))),
     }
-    rows["rms_norm"].update(route_pieces(x, w, N))
+    rows["routes"] = route_pieces(x, w, N)
     for op, row in rows.items():
         print(f"host pieces {op} ({result['device']}):")
         for name, us in row.items():

@@ -9,7 +9,6 @@ changes what a model can do, only how fast it runs.
 
 from __future__ import annotations
 
-import functools
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -189,8 +188,7 @@ def enable(
                     )
                     lib.impl(qualified, impl, key, with_keyset=True)
                 route = functional_routes.install(
-                    ov.overload, getattr(module, ov.adapter), be.dispatch_key.lower(),
-                    functools.partial(reg.calls.update, (op.name,)), min_numel)
+                    ov.overload, getattr(module, ov.adapter), be.dispatch_key.lower(), reg.calls, op.name, min_numel)
                 if route is not None:
                     reg.routes.append(route)
                 reg.ops.setdefault(op.name, []).append(ov.overload)

@@ -15,101 +15,121 @@ which goes through the dispatcher as before, ATen override included. disable() p
 
 from __future__ import annotations
 
-import functools
 import inspect
-import operator
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from kernelgen.plans import PLAIN_TENSOR_TYPES
 
+# The functional's metadata the route keeps (what functools.wraps copies)
+_WRAPPED = ("__doc__", "__module__", "__qualname__", "__name__")
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 
 
-def _rms_norm(adapter):
-    def call(input, normalized_shape, weight=None, eps=None):
-        return adapter(input, normalized_shape, weight, eps)
-    return call, ("input", "weight")
+@dataclass(frozen=True)
+class Route:
+    """How one functional's call becomes its ATen overload's adapter call, as Python expressions over the
+    functional's parameter names."""
+
+    function: str  # the name in torch.nn.functional
+    tensors: tuple[str, ...]  # tensor parameters: the first is required, the others may be None
+    call: str  # the adapter call
+    when: str = "True"  # the arguments the overload covers (anything else is PyTorch's)
+    result: str = "out"  # the functional's result from the adapter's
 
 
-def _softmax(adapter):
-    def call(input, dim=None, _stacklevel=3, dtype=None):
-        if dim is None or dtype is not None:
-            return NotImplemented  # the implicit dim and the dtype cast stay PyTorch's
-        return adapter(input, dim, False)
-    return call, ("input",)
-
-
-def _layer_norm(adapter):
-    def call(input, normalized_shape, weight=None, bias=None, eps=1e-5):
-        out = adapter(input, normalized_shape, weight, bias, eps)
-        return out if out is NotImplemented else out[0]
-    return call, ("input", "weight", "bias")
-
-
-def _cross_entropy(adapter):
-    def call(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",
-             label_smoothing=0.0):
-        if size_average is not None or reduce is not None or reduction not in _REDUCTIONS:
-            return NotImplemented
-        return adapter(input, target, weight, _REDUCTIONS[reduction], ignore_index, label_smoothing)
-    return call, ("input", "target", "weight")
-
-
-# ATen overload -> (name in torch.nn.functional, how its arguments become the overload's)
 ROUTES = {
-    "aten::rms_norm": ("rms_norm", _rms_norm),
-    "aten::_softmax": ("softmax", _softmax),
-    "aten::_log_softmax": ("log_softmax", _softmax),
-    "aten::native_layer_norm": ("layer_norm", _layer_norm),
-    "aten::cross_entropy_loss": ("cross_entropy", _cross_entropy),
+    "aten::rms_norm": Route("rms_norm", ("input", "weight"), "adapter(input, normalized_shape, weight, eps)"),
+    # the implicit dim and the dtype cast stay PyTorch's
+    "aten::_softmax": Route("softmax", ("input",), "adapter(input, dim, False)", "dim is not None and dtype is None"),
+    "aten::_log_softmax": Route("log_softmax", ("input",), "adapter(input, dim, False)",
+                                "dim is not None and dtype is None"),
+    "aten::native_layer_norm": Route("layer_norm", ("input", "weight", "bias"),
+                                     "adapter(input, normalized_shape, weight, bias, eps)", result="out[0]"),
+    "aten::cross_entropy_loss": Route(
+        "cross_entropy", ("input", "target", "weight"),
+        "adapter(input, target, weight, REDUCTIONS[reduction], ignore_index, label_smoothing)",
+        "size_average is None and reduce is None and reduction in REDUCTIONS"),
 }
 
 
-def make_route(original, adapter, translate, device_type: str, served, min_numel: int = 0):
-    """The function that takes F.<name>'s place (see the module docstring)."""
-    call, tensor_params = translate(adapter)
-    on_device = operator.attrgetter(f"is_{device_type}")  # t.is_cuda: a flag, where t.device builds an object
-    params = list(inspect.signature(call).parameters)
-    positions = [(params.index(p), p) for p in tensor_params]
+def _source(route: Route, params: list, device_type: str, min_numel: int) -> tuple[str, dict]:
+    """The route's source, one function with the functional's own signature (no *args repacking, one frame
+    before the adapter's), and the objects it names."""
+    scope: dict = {}
+    header, passed = [], []
+    for i, p in enumerate(params):
+        if p.default is p.empty:
+            header.append(p.name)
+        else:
+            scope[f"default{i}"] = p.default
+            header.append(f"{p.name}=default{i}")
+        passed.append(p.name if p.kind is p.POSITIONAL_OR_KEYWORD else f"{p.name}={p.name}")
+        if p.kind is p.KEYWORD_ONLY and "*" not in header[:-1]:
+            header.insert(len(header) - 1, "*")
+    checks = []
+    for i, name in enumerate(route.tensors):
+        plain = (f"(type({name}) is T or type({name}) is P) and {name}.is_{device_type} "
+                 f"and not (grad and {name}.requires_grad)")
+        checks.append(plain if i == 0 else f"({name} is None or {plain})")
+    if min_numel:
+        checks.append(f"{route.tensors[0]}.numel() >= {int(min_numel)}")
+    lines = [f"def route({', '.join(header)}):",
+             "    grad = grad_enabled()",
+             f"    if ({' and '.join(checks)}",
+             # modes must see every op; Dynamo traces
+             f"            and {route.when} and not function_modes() and not dispatch_modes() and not compiling()):",
+             f"        out = {route.call}",
+             "        if out is not NotImplemented:",  # handed back: PyTorch's function reaches the ATen override
+             "            calls[name] += 1",
+             f"            return {route.result}",
+             f"    return original({', '.join(passed)})"]
+    return "\n".join(lines) + "\n", scope
 
-    grad_enabled, compiling = torch.is_grad_enabled, torch.compiler.is_compiling
-    function_modes, dispatch_modes = torch._C._len_torch_function_stack, torch._C._len_torch_dispatch_stack
 
-    @functools.wraps(original)
-    def route(*args, **kwargs):
-        grad = grad_enabled()
-        for i, name in positions:
-            t = args[i] if i < len(args) else kwargs.get(name)
-            if t is None and i > 0:
-                continue  # an optional tensor not given
-            if type(t) not in PLAIN_TENSOR_TYPES or not on_device(t) or (grad and t.requires_grad):
-                return original(*args, **kwargs)
-        if function_modes() or dispatch_modes() or compiling():  # modes must see every op; Dynamo traces
-            return original(*args, **kwargs)
-        if min_numel and args and args[0].numel() < min_numel:
-            return original(*args, **kwargs)
-        out = call(*args, **kwargs)
-        if out is NotImplemented:  # PyTorch's function reaches the ATen override, which counts the hand-back
-            return original(*args, **kwargs)
-        served()
-        return out
+def make_route(original, adapter, route: Route, device_type: str, calls, name: str, min_numel: int = 0):
+    """The function that takes F.<name>'s place (see the module docstring), or None when the functional's
+    signature is not one a route can take (parameters it does not know, *args), so PyTorch's stays."""
+    try:
+        params = list(inspect.signature(original).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    names = {p.name for p in params}
+    used = set(route.tensors)  # every name the route's expressions read must be a parameter
+    for expr in (route.call, route.when, route.result):
+        used |= set(compile(expr, "<route>", "eval").co_names) - {"adapter", "REDUCTIONS", "out", "True"}
+    if (any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY) for p in params)
+            or not used <= names or not device_type.isidentifier() or not hasattr(torch.Tensor, f"is_{device_type}")):
+        return None
+    source, scope = _source(route, params, device_type, min_numel)
+    scope.update(T=PLAIN_TENSOR_TYPES[0], P=PLAIN_TENSOR_TYPES[1], grad_enabled=torch.is_grad_enabled,
+                 function_modes=torch._C._len_torch_function_stack,
+                 dispatch_modes=torch._C._len_torch_dispatch_stack, compiling=torch.compiler.is_compiling,
+                 adapter=adapter, original=original, calls=calls, name=name, REDUCTIONS=_REDUCTIONS)
+    exec(source, scope)  # noqa: S102 - source built from the functional's signature and the table above
+    fn = scope["route"]
+    for attr in _WRAPPED:
+        setattr(fn, attr, getattr(original, attr))
+    fn.__wrapped__ = fn.kernelgen_original = original
+    fn.source = source
+    return fn
 
-    route.kernelgen_original = original
-    return route
 
-
-def install(overload: str, adapter, device_type: str, served, min_numel: int = 0):
-    """Put the route for `overload` in place; returns (name, original) to restore, or None when the overload
-    has no functional route."""
+def install(overload: str, adapter, device_type: str, calls, name: str, min_numel: int = 0):
+    """Put the route for `overload` in place (a served call adds 1 to calls[name]); returns (function name,
+    original) to restore, or None when the overload has no functional route."""
     if overload not in ROUTES or os.environ.get("KERNELGEN_FUNCTIONAL_ROUTES", "1") == "0":
         return None
-    name, translate = ROUTES[overload]
-    original = getattr(F, name)
-    setattr(F, name, make_route(original, adapter, translate, device_type, served, min_numel))
-    return name, original
+    route = ROUTES[overload]
+    original = getattr(F, route.function)
+    fn = make_route(original, adapter, route, device_type, calls, name, min_numel)
+    if fn is None:
+        return None
+    setattr(F, route.function, fn)
+    return route.function, original
 
 
 def remove(name: str, original) -> None:

@@ -138,30 +138,72 @@ def _generated(lines: list[str], name: str, **bound):
     return scope[name]
 
 
+def _front_body(n: int, names: tuple[str, ...], indent: str) -> list[str]:
+    """Source lines of the hot path of a planned call with n positional arguments and these keyword names
+    (`args` and `kwargs` hold them): the conditions for a replay, the signature, the lookup and the replay;
+    anything else goes to fn (no replay possible) or to slow (a first call, a recording, an unplannable
+    signature). Every path returns."""
+    lines = [
+        # The cached launch path's conditions inline (CachedLaunchJIT._launch tests the same): the two
+        # function calls only when the cheap test sees something (JITFunction.run wrapped, a hook set).
+        "st = state",
+        "if (not planmod._replays_on or not launchmod._use_cache or st.no_launch or st.recorder is not None",
+        "        or (JIT.run is not launchmod._TRITON_RUN and counted())",
+        "        or ((rt.launch_enter_hook is not None or rt.launch_exit_hook is not None) and hooks())):",
+        "    return fn(*args, **kwargs)",
+        "tensors = []",
+        "try:", *_key_lines(n, names, " " * 4),
+        "    plan = plans.get(key)",
+        "except (Unplannable, TypeError):  # an argument no plan covers, or an unhashable value",
+        "    return fn(*args, **kwargs)",
+        "if type(plan) is Replay:",
+        "    return plan(*tensors, current_stream(key[0]))",
+        "return slow(args, kwargs, key, tensors, plan)"]
+    return [indent + line for line in lines]
+
+
+def _front_scope(plans: dict, fn, slow) -> dict:
+    return dict(state=launch._state, planmod=sys.modules[__name__], launchmod=launch, JIT=launch.JITFunction,
+                rt=launch._knobs.runtime, hooks=launch._hooks_active, counted=launch._counted,
+                current_stream=launch.current_stream, plans=plans, fn=fn, slow=slow, Replay=types.FunctionType)
+
+
 def front_function(n: int, names: tuple[str, ...], plans: dict, fn, slow):
-    """The whole hot path of a planned call with n positional arguments and these keyword names, in one
-    generated function: the conditions for a replay, the signature, the lookup and the replay; anything
-    else goes to fn (no replay possible) or to slow (a first call, a recording, an unplannable signature)."""
-    lines = ["def front(args, kwargs):",
-             # The cached launch path's conditions inline (CachedLaunchJIT._launch tests the same): the two
-             # function calls only when the cheap test sees something (JITFunction.run wrapped, a hook set).
-             "    st = state",
-             "    if (not planmod._replays_on or not launchmod._use_cache or st.no_launch or st.recorder is not None",
-             "            or (JIT.run is not launchmod._TRITON_RUN and counted())",
-             "            or ((rt.launch_enter_hook is not None or rt.launch_exit_hook is not None) and hooks())):",
-             "        return fn(*args, **kwargs)",
-             "    tensors = []",
-             "    try:", *_key_lines(n, names, " " * 8),
-             "        plan = plans.get(key)",
-             "    except (Unplannable, TypeError):  # an argument no plan covers, or an unhashable value",
-             "        return fn(*args, **kwargs)",
-             "    if type(plan) is Replay:",
-             "        return plan(*tensors, current_stream(key[0]))",
-             "    return slow(args, kwargs, key, tensors, plan)"]
-    return _generated(lines, "front", state=launch._state, planmod=sys.modules[__name__], launchmod=launch,
-                      JIT=launch.JITFunction, rt=launch._knobs.runtime,
-                      hooks=launch._hooks_active, counted=launch._counted, current_stream=launch.current_stream,
-                      plans=plans, fn=fn, slow=slow, Replay=types.FunctionType)
+    """`front(args, kwargs)`: the hot path (`_front_body`) for n positional arguments and these keyword names."""
+    return _generated(["def front(args, kwargs):", *_front_body(n, names, "    ")], "front",
+                      **_front_scope(plans, fn, slow))
+
+
+def _positional_counts(fn) -> tuple[int, ...]:
+    """The numbers of positional arguments fn can be called with (required up to all), or () when it takes
+    *args or has no readable signature."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return ()
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return ()
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = sum(p.default is p.empty for p in positional)
+    return tuple(range(required, len(positional) + 1))[:8]
+
+
+def call_function(counts: tuple[int, ...], plans: dict, fn, slow, dispatch, custom=None, compiling=None):
+    """`call(*args, **kwargs)` with the hot path of every positional-only call shape in `counts` inline, so a
+    replayed call is this one frame and the replay's: other shapes go to dispatch(args, kwargs). With a custom
+    op, a call made while torch.compile traces (compiling()) goes to it instead (what `compile_aware` does
+    for a launcher that has no plans)."""
+    lines = ["def call(*args, **kwargs):"]
+    if custom is not None:
+        lines += ["    if compiling():", "        return custom(*args, **kwargs)"]
+    lines += ["    if kwargs:", "        return dispatch(args, kwargs)", "    n = len(args)"]
+    for i, n in enumerate(counts):
+        lines += [f"    {'if' if i == 0 else 'elif'} n == {n}:", *_front_body(n, (), " " * 8)]
+    lines.append("    return dispatch(args, kwargs)")
+    return _generated(lines, "call", **_front_scope(plans, fn, slow), dispatch=dispatch, custom=custom,
+                      compiling=compiling)
 
 
 class _Watch(UncompiledDispatchMode):
@@ -335,7 +377,8 @@ def plannable(module: types.ModuleType) -> bool:
 
 def planned(fn):
     """fn with launch plans (see the module docstring). The second call of a signature records its plan;
-    later calls replay it."""
+    later calls replay it. `call.compile_aware(custom, compiling)` makes a second entry point over the same
+    plans that hands calls made while torch.compile traces to a custom op."""
     plans: dict = {}  # key -> replay function, _UNPLANNABLE, or the number of plain calls so far
     fronts: dict = {}  # number of positional arguments (and keyword names) -> its generated front
 
@@ -350,13 +393,19 @@ def planned(fn):
         out, plans[key] = _record(fn, args, kwargs, tensors)
         return out
 
-    @functools.wraps(fn)
-    def call(*args, **kwargs):
+    def dispatch(args, kwargs):
+        """Calls of a shape the entry point does not inline: a front per shape, generated on first use."""
         shape = (len(args), tuple(kwargs)) if kwargs else len(args)
         front = fronts.get(shape)
         if front is None:
             front = fronts[shape] = front_function(len(args), tuple(kwargs), plans, fn, slow)
         return front(args, kwargs)
 
-    call.plans, call.fronts, call.unplanned = plans, fronts, fn
+    counts = _positional_counts(fn)
+
+    def with_custom(custom, compiling):
+        return functools.wraps(fn)(call_function(counts, plans, fn, slow, dispatch, custom, compiling))
+
+    call = functools.wraps(fn)(call_function(counts, plans, fn, slow, dispatch))
+    call.plans, call.fronts, call.unplanned, call.compile_aware = plans, fronts, fn, with_custom
     return call

@@ -82,11 +82,32 @@ def test_calls_a_route_must_not_take_run_pytorchs_function(interpreter):
 
 
 def test_a_route_for_another_device_runs_pytorchs_function():
-    seen = []
-    route = functional_routes.make_route(lambda *a, **k: seen.append("original") or "pytorch",
-                                         lambda *a: seen.append("adapter") or "ours",
-                                         functional_routes._rms_norm, "cuda", lambda: seen.append("served"))
-    assert route(torch.randn(2, 8), (8,)) == "pytorch" and seen == ["original"]
+    seen, calls = [], {"rms_norm": 0}
+
+    def original(input, normalized_shape, weight=None, eps=None):
+        seen.append("original")
+        return "pytorch"
+
+    route = functional_routes.make_route(original, lambda *a: seen.append("adapter") or "ours",
+                                         functional_routes.ROUTES["aten::rms_norm"], "cuda", calls, "rms_norm")
+    assert route(torch.randn(2, 8), (8,)) == "pytorch" and seen == ["original"] and calls["rms_norm"] == 0
+    assert route.__wrapped__ is original and route.__name__ == "original"
+
+
+def test_a_functional_with_another_signature_keeps_pytorchs_function():
+    """A torch whose functional takes other parameters (or *args) gets no route: the route's expressions
+    would read names that are not there."""
+    spec = functional_routes.ROUTES["aten::_softmax"]
+
+    def renamed(input, axis=None, _stacklevel=3, dtype=None):
+        return "pytorch"
+
+    def variadic(*args, **kwargs):
+        return "pytorch"
+
+    for original in (renamed, variadic):
+        assert functional_routes.make_route(original, lambda *a: "ours", spec, "cuda", {}, "softmax") is None
+    assert functional_routes.make_route(F.softmax, lambda *a: "ours", spec, "no such device", {}, "softmax") is None
 
 
 def test_routes_can_be_switched_off(interpreter, monkeypatch):

@@ -8,6 +8,8 @@ replays with the launchers themselves on a GPU, bit for bit, for every library o
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from fake_triton import fake_kernel
@@ -26,12 +28,18 @@ def _launches(compiled):
     return compiled.log
 
 
-def _planned(fn):
+def _planned(fn, signature=False):
+    """fn planned, and the list its runs are counted in. signature=True: the counting wrapper shows fn's
+    signature (its entry point then inlines fn's positional call shapes), else it takes *args (every call
+    goes through the per-shape fronts)."""
     ran = []
 
     def counted(*args, **kwargs):
         ran.append(1)
         return fn(*args, **kwargs)
+
+    if signature:
+        counted = functools.wraps(fn)(counted)
 
     return plans.planned(counted), ran
 
@@ -111,9 +119,9 @@ def test_calls_a_plan_cannot_repeat_always_run_the_launcher(fake, monkeypatch, c
         k[(1,)](ptr, y, 16, 1.0, BLOCK=16)
         return x[1:] if case == "view of an argument" else y
 
-    fn, ran = _planned(launcher)
     if case == "cpu tensor":
         monkeypatch.setattr(plans, "_device_index", lambda t: -1)
+    fn, ran = _planned(launcher, signature=True)
     extra = object() if case == "object" else None
     for _ in range(4):
         fn(torch.randn(16), extra)
@@ -137,7 +145,8 @@ def test_zeroed_buffers_are_zeroed_again(fake):
     assert ".zero_()" in fn.plans[next(iter(fn.plans))].source
 
 
-def test_replays_step_aside_for_counting_hooks_no_launch_and_switches(fake):
+@pytest.mark.parametrize("inline", [True, False], ids=["inline entry", "per-shape front"])
+def test_replays_step_aside_for_counting_hooks_no_launch_and_switches(fake, inline):
     module, _, _ = fake
 
     def launcher(x):
@@ -145,7 +154,7 @@ def test_replays_step_aside_for_counting_hooks_no_launch_and_switches(fake):
         module.k[(1,)](x, y, 16, 1.0, BLOCK=16)
         return y
 
-    fn, ran = _planned(launcher)
+    fn, ran = _planned(launcher, signature=inline)
     x = torch.randn(16)
     fn(x)
     fn(x)
@@ -269,3 +278,32 @@ def test_triton_36_launchers_are_called_at_their_c_launch(fake, monkeypatch):
                            x.data_ptr(), y.data_ptr(), 16, 1.0, 16, False)
     monkeypatch.setattr(triton, "__version__", "3.7.0")  # another layout: its __call__
     assert plans._direct_launch(Launcher36()) is None
+
+
+def test_entry_points_inline_positional_shapes_and_hand_traced_calls_to_the_custom_op(fake):
+    module, _, compiled = fake
+    k = module.k
+
+    def scale(x, s=0.5):
+        y = torch.empty_like(x)
+        k[(x.numel() // 16,)](x.view(-1), y, x.numel(), float(s), BLOCK=16, num_warps=2)
+        return y
+
+    fn, ran = _planned(scale, signature=True)
+    assert plans._positional_counts(fn.unplanned) == (1, 2)
+    tracing = []
+    custom_calls = []
+    entry = fn.compile_aware(lambda *a, **kw: custom_calls.append((a, kw)) or "custom", lambda: bool(tracing))
+    x = torch.randn(4, 16)
+    for call in (lambda: fn(x), lambda: entry(x), lambda: fn(x, s=0.5), lambda: entry(x, 0.5)):
+        call()
+    # fn(x) and entry(x) share one plan (the first call warms, the second records); x with s as a keyword
+    # is another signature (through the per-shape fronts), as is (x, 0.5) given positionally
+    assert len(ran) == 4 and list(fn.fronts) == [(1, ("s",))]  # only the keyword call needed a front
+    launches = len(_launches(compiled))
+    y1, y2 = fn(x), entry(x)  # both replay the plan: the launcher does not run, the kernel is launched
+    assert len(ran) == 4 and len(_launches(compiled)) == launches + 2
+    assert y1.shape == y2.shape == x.shape and y1.data_ptr() != y2.data_ptr() and not custom_calls
+    tracing.append(1)  # as if Dynamo traced the call: the custom op takes it, the plan is not used
+    assert entry(x, 0.25) == "custom" and custom_calls == [((x, 0.25), {})]
+    assert len(ran) == 4 and len(_launches(compiled)) == launches + 2
