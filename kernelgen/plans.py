@@ -149,7 +149,7 @@ def _front_body(n: int, names: tuple[str, ...], indent: str) -> list[str]:
         "st = state",
         "if (not planmod._replays_on or not launchmod._use_cache or st.no_launch or st.recorder is not None",
         "        or (JIT.run is not launchmod._TRITON_RUN and counted())",
-        "        or ((rt.launch_enter_hook is not None or rt.launch_exit_hook is not None) and hooks())):",
+        f"        or (({_hook_test()}) and hooks())):",
         "    return fn(*args, **kwargs)",
         "tensors = []",
         "try:", *_key_lines(n, names, " " * 4),
@@ -162,10 +162,30 @@ def _front_body(n: int, names: tuple[str, ...], indent: str) -> list[str]:
     return [indent + line for line in lines]
 
 
+_HOOKS = ("launch_enter_hook", "launch_exit_hook")
+
+
+def _hook_test() -> str:
+    """A cheap test that is true whenever Triton's launch hooks may be set (then `hooks()` decides): a hook
+    that is None must still be None; a HookChain (newer Triton) must still be the same object, with no calls."""
+    tests = []
+    for i, name in enumerate(_HOOKS):
+        value = getattr(launch._knobs.runtime, name, None)
+        if value is None:
+            tests.append(f"rt.{name} is not None")
+        elif type(getattr(value, "calls", None)) is list:
+            tests.append(f"rt.{name} is not hook{i} or hook{i}.calls")
+        else:
+            tests.append("True")  # a hook object of another kind: always ask hooks()
+    return " or ".join(tests)
+
+
 def _front_scope(plans: dict, fn, slow) -> dict:
-    return dict(state=launch._state, planmod=sys.modules[__name__], launchmod=launch, JIT=launch.JITFunction,
+    runtime = launch._knobs.runtime
+    return dict(**{f"hook{i}": getattr(runtime, name, None) for i, name in enumerate(_HOOKS)},
+                **dict(state=launch._state, planmod=sys.modules[__name__], launchmod=launch, JIT=launch.JITFunction,
                 rt=launch._knobs.runtime, hooks=launch._hooks_active, counted=launch._counted,
-                current_stream=launch.current_stream, plans=plans, fn=fn, slow=slow, Replay=types.FunctionType)
+                current_stream=launch.current_stream, plans=plans, fn=fn, slow=slow, Replay=types.FunctionType))
 
 
 def front_function(n: int, names: tuple[str, ...], plans: dict, fn, slow):

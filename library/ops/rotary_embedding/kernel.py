@@ -32,34 +32,50 @@ MAX_WARPS = 8
 
 
 @triton.jit
-def _rotate_heads(x_ptr, out_ptr, cos, sin, token, H, R, stride_t, stride_h, stride_d,
-                  BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr):
-    """All H heads of one token, BLOCK_H heads at a time (one step when they fit in a tile)."""
+def _rotate_tile(x_ptr, out_ptr, cos, sin, token, head_start, H, R, stride_t, stride_h, stride_d,
+                 BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr, EVEN_R: tl.constexpr):
+    heads = head_start + tl.arange(0, BLOCK_H)
     dims = tl.arange(0, BLOCK_R)
-    for head_start in range(0, H, BLOCK_H):
-        heads = head_start + tl.arange(0, BLOCK_H)
+    if EVEN_R:  # R == BLOCK_R: only the heads need a mask, so the loads stay vectorized
+        mask = heads[:, None] < H
+    else:
         mask = (heads[:, None] < H) & (dims[None, :] < R)
-        # The token offset is int64; offsets inside one token stay small.
-        x1_ptrs = x_ptr + token * stride_t + heads[:, None] * stride_h + dims[None, :] * stride_d
-        x1 = tl.load(x1_ptrs, mask=mask, other=0.0).to(tl.float32)
-        x2 = tl.load(x1_ptrs + R * stride_d, mask=mask, other=0.0).to(tl.float32)
-        out_ptrs = out_ptr + token * H * 2 * R + heads[:, None] * (2 * R) + dims[None, :]
-        tl.store(out_ptrs, (x1 * cos - x2 * sin).to(out_ptr.dtype.element_ty), mask=mask)
-        tl.store(out_ptrs + R, (x2 * cos + x1 * sin).to(out_ptr.dtype.element_ty), mask=mask)
+    # The token offset is int64; offsets inside one token stay small.
+    x1_ptrs = x_ptr + token * stride_t + heads[:, None] * stride_h + dims[None, :] * stride_d
+    x1 = tl.load(x1_ptrs, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(x1_ptrs + R * stride_d, mask=mask, other=0.0).to(tl.float32)
+    out_ptrs = out_ptr + token * H * 2 * R + heads[:, None] * (2 * R) + dims[None, :]
+    tl.store(out_ptrs, (x1 * cos - x2 * sin).to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptrs + R, (x2 * cos + x1 * sin).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rotate_heads(x_ptr, out_ptr, cos, sin, token, H, R, stride_t, stride_h, stride_d,
+                  BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr, EVEN_R: tl.constexpr, ONE_TILE: tl.constexpr):
+    """All H heads of one token: one tile when they fit (ONE_TILE), else BLOCK_H heads at a time."""
+    if ONE_TILE:
+        _rotate_tile(x_ptr, out_ptr, cos, sin, token, 0, H, R, stride_t, stride_h, stride_d, BLOCK_H, BLOCK_R, EVEN_R)
+    else:
+        for head_start in range(0, H, BLOCK_H):
+            _rotate_tile(x_ptr, out_ptr, cos, sin, token, head_start, H, R, stride_t, stride_h, stride_d,
+                         BLOCK_H, BLOCK_R, EVEN_R)
 
 
 @triton.jit
 def _rotary_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, q_out_ptr, k_out_ptr, Hq, Hk, R,
                    stride_qt, stride_qh, stride_qd, stride_kt, stride_kh, stride_kd,
                    stride_ct, stride_cd, stride_st, stride_sd,
-                   BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_R: tl.constexpr):
+                   BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_R: tl.constexpr, EVEN_R: tl.constexpr,
+                   ONE_Q_TILE: tl.constexpr, ONE_K_TILE: tl.constexpr):
     token = tl.program_id(0).to(tl.int64)
     dims = tl.arange(0, BLOCK_R)
     dmask = dims < R
     cos = tl.load(cos_ptr + token * stride_ct + dims * stride_cd, mask=dmask, other=0.0).to(tl.float32)[None, :]
     sin = tl.load(sin_ptr + token * stride_st + dims * stride_sd, mask=dmask, other=0.0).to(tl.float32)[None, :]
-    _rotate_heads(q_ptr, q_out_ptr, cos, sin, token, Hq, R, stride_qt, stride_qh, stride_qd, BLOCK_HQ, BLOCK_R)
-    _rotate_heads(k_ptr, k_out_ptr, cos, sin, token, Hk, R, stride_kt, stride_kh, stride_kd, BLOCK_HK, BLOCK_R)
+    _rotate_heads(q_ptr, q_out_ptr, cos, sin, token, Hq, R, stride_qt, stride_qh, stride_qd,
+                  BLOCK_HQ, BLOCK_R, EVEN_R, ONE_Q_TILE)
+    _rotate_heads(k_ptr, k_out_ptr, cos, sin, token, Hk, R, stride_kt, stride_kh, stride_kd,
+                  BLOCK_HK, BLOCK_R, EVEN_R, ONE_K_TILE)
 
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -108,9 +124,8 @@ def rotary_embedding(q, k, cos, sin, *, max_block=None):
     block_hk = max(1, min(_next_power_of_2(Hk), heads_per_tile))
     # 16 bytes per thread per load of the larger tile, at most MAX_WARPS
     num_warps = max(1, min(MAX_WARPS, max(block_hq, block_hk) * block_r * q.element_size() // (16 * 32)))
-    # num_stages=1: the head loop usually runs once; software-pipelining it would only stage loads in
-    # shared memory.
     _rotary_kernel[(T,)](
         q, k, cos, sin, q_out, k_out, Hq, Hk, R, *q.stride(), *k.stride(), *cos.stride(), *sin.stride(),
-        BLOCK_HQ=block_hq, BLOCK_HK=block_hk, BLOCK_R=block_r, num_warps=num_warps, num_stages=1)
+        BLOCK_HQ=block_hq, BLOCK_HK=block_hk, BLOCK_R=block_r, EVEN_R=block_r == R, ONE_Q_TILE=Hq <= block_hq,
+        ONE_K_TILE=Hk <= block_hk, num_warps=num_warps)
     return q_out, k_out
