@@ -4,7 +4,8 @@
 
 For the Llama-style model of bench_model_modes (hidden 4096, 8 layers, bf16) and each mode, after warm-up:
 - the host time to enqueue one prefill and one decode step (no synchronization inside the timed region),
-  against the GPU time of the same call (the profiler's kernel total);
+  against the GPU time of the same call (the profiler's kernel total), and the call's wall time from an
+  idle GPU to its end;
 - every synchronizing CUDA call made during one call (torch.cuda.set_sync_debug_mode("warn"), with the
   innermost frames of each), because a synchronization in the middle of a step makes the GPU wait for the
   host to enqueue what follows;
@@ -34,6 +35,23 @@ def _host_ms(fn) -> float:
     host = (time.perf_counter() - t0) * 1e3
     torch.cuda.synchronize()
     return host
+
+
+def _wall_ms(fn, calls=10) -> float:
+    """Median wall time of one call from an idle GPU to its last kernel (synchronized before and after): the
+    latency a caller sees, including host time that leaves the GPU idle."""
+    import statistics
+
+    import torch
+
+    times = []
+    for _ in range(calls):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
 
 
 def _syncs(fn) -> list:
@@ -113,6 +131,7 @@ def main() -> None:
                     fn()
                 torch.cuda.synchronize()
                 row[phase] = {"host_enqueue_ms": round(min(_host_ms(fn) for _ in range(5)), 3),
+                              "wall_ms": round(_wall_ms(fn), 3),
                               "syncs": _syncs(fn), "gpu": _gaps(fn)}
                 print(mode, phase, json.dumps(row[phase])[:900], flush=True)
         except Exception as exc:  # noqa: BLE001

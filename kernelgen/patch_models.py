@@ -64,7 +64,7 @@ _LAYER_STEPS = ("residual = hidden_states", "hidden_states = self.input_layernor
 @dataclass
 class _Patch:
     backend: object
-    saved: list = field(default_factory=list)  # (module, had its own forward, that forward)
+    saved: list = field(default_factory=list)  # (module, attribute, had its own, its own value)
     rope_modules: list = field(default_factory=list)
     loss: tuple | None = None  # (had its own _loss_function, that value)
     attention: list = field(default_factory=list)  # (configs' attention implementations, routed modules)
@@ -179,9 +179,21 @@ def _norm_weight_and_eps(module, style):
     return module.weight, module.variance_epsilon
 
 
+def _set_attr(rec: _Patch, module, name: str, value) -> None:
+    rec.saved.append((module, name, name in module.__dict__, module.__dict__.get(name)))
+    setattr(module, name, value)
+
+
 def _set_forward(rec: _Patch, module, fn) -> None:
-    rec.saved.append((module, "forward" in module.__dict__, module.__dict__.get("forward")))
-    module.forward = types.MethodType(fn, module)
+    _set_attr(rec, module, "forward", types.MethodType(fn, module))
+
+
+def _hooked(*modules) -> bool:
+    """Whether a forward hook (of these modules, or a global one) must see the modules' calls."""
+    from torch.nn.modules import module as nn_module
+
+    return bool(nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks
+                or any(m._forward_hooks or m._forward_pre_hooks for m in modules))
 
 
 def _patch_norm(rec, module, style, rms_norm, ok):
@@ -206,7 +218,20 @@ def _patch_mlp(rec, module, kind, act_and_mul, ok):
             return original(x)
         return self.down_proj(act_and_mul(self.gate_proj(x), self.up_proj(x), *extra))
 
+    def add_into(x, residual):
+        """residual + mlp(x) with the addition done by the down projection's GEMM (cuBLAS adds into its
+        output: residual.addmm_), so the decoder layer launches no separate add; None when the MLP's own
+        forward must run (hooks, another device, a Linear with a bias or of another kind or dtype)."""
+        down = module.down_proj
+        if (type(down) is not torch.nn.Linear or down.bias is not None or down.weight.dtype != residual.dtype
+                or not ok(x, residual) or _hooked(module, module.gate_proj, module.up_proj, down)):
+            return None
+        h = act_and_mul(module.gate_proj(x), module.up_proj(x), *extra)
+        shape = residual.shape
+        return residual.view(-1, shape[-1]).addmm_(h.view(-1, h.shape[-1]), down.weight.t()).view(shape)
+
     _set_forward(rec, module, forward)
+    _set_attr(rec, module, "_kernelgen_add_into", add_into)
 
 
 def _patch_layer(rec, layer, style, fused, ok):
@@ -222,7 +247,10 @@ def _patch_layer(rec, layer, style, fused, ok):
         attn_out = attn[0] if isinstance(attn, tuple) else attn
         weight, eps = _norm_weight_and_eps(post, style)
         normed, hidden_states = fused(attn_out, residual, weight, eps)
-        return hidden_states + self.mlp(normed)
+        # hidden_states is the fused kernel's fresh output, ours to add into in place
+        add_into = self.mlp.__dict__.get("_kernelgen_add_into")
+        out = add_into(normed, hidden_states) if add_into is not None else None
+        return hidden_states + self.mlp(normed) if out is None else out
 
     _set_forward(rec, layer, forward)
 
@@ -377,11 +405,11 @@ def unpatch(model) -> None:
     rec = _patches.pop(model, None)
     if rec is None:
         return
-    for module, had_own, own in reversed(rec.saved):
+    for module, name, had_own, own in reversed(rec.saved):
         if had_own:
-            module.forward = own
+            setattr(module, name, own)
         else:
-            del module.forward
+            delattr(module, name)
     for m in model.modules():
         m.__dict__.pop("_kernelgen_w1", None)
     if rec.attention:

@@ -86,7 +86,7 @@ def test_patched_model_is_served_by_library_ops_and_unpatch_restores_it(family, 
         logits, loss = run(model, ids)
     assert launches.total_launches == 0
     assert torch.equal(logits, ref_logits) and torch.equal(loss, ref_loss)
-    assert not any("forward" in m.__dict__ for m in model.modules())
+    assert not any("forward" in m.__dict__ or "_kernelgen_add_into" in m.__dict__ for m in model.modules())
     assert model.config._attn_implementation == "sdpa"
 
 
@@ -150,3 +150,34 @@ def test_patch_twice_and_bad_arguments(rng_seed, interpreter):
         kernelgen.patch(model, backend="interpreter", policy="fast")
     with pytest.raises(ValueError, match="unknown op"):
         kernelgen.patch(model, backend="interpreter", include=["softmax"])
+
+
+def _adds_and_addmms(fn) -> tuple[int, int]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    names = [e.name for e in prof.events()]
+    return names.count("aten::add"), names.count("aten::addmm_")
+
+
+def test_the_mlp_residual_is_added_by_the_down_projection_unless_a_hook_watches(rng_seed, interpreter):
+    """The decoder layer's `residual + mlp(x)`: in place into the fused kernel's fresh residual by the down
+    projection's GEMM (no add); with a forward hook on the MLP the MLP's own forward runs (and the add)."""
+    model = build("llama", seed=rng_seed)
+    ids = _ids(rng_seed + 1)
+    ref_logits, _ = run(model, ids)
+    kernelgen.patch(model, backend="interpreter", policy="all")
+    try:
+        adds, addmms = _adds_and_addmms(lambda: run(model, ids))
+        assert addmms == L, addmms
+        logits, _ = run(model, ids)
+        torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+        seen = []
+        handle = model.model.layers[0].mlp.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+        try:
+            hooked = _adds_and_addmms(lambda: run(model, ids))
+            assert seen and hooked == (adds + 1, L - 1), (hooked, adds)
+            torch.testing.assert_close(run(model, ids)[0], ref_logits, atol=1e-5, rtol=1e-5)
+        finally:
+            handle.remove()
+    finally:
+        kernelgen.unpatch(model)
