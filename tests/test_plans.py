@@ -44,16 +44,19 @@ def _planned(fn, signature=False):
     return plans.planned(counted), ran
 
 
-def test_third_call_replays_with_the_new_pointers(fake):
-    module, calls, compiled = fake
-    k = module.k
-
+def _scale_launcher(k):
+    """A launcher of the fake kernel k: one launch over x with the scalar s, a fresh output."""
     def scale(x, s=0.5):
         y = torch.empty_like(x)
         k[(x.numel() // 16,)](x.view(-1), y, x.numel(), float(s), BLOCK=16, num_warps=2)
         return y
 
-    fn, ran = _planned(scale)
+    return scale
+
+
+def test_third_call_replays_with_the_new_pointers(fake):
+    module, calls, compiled = fake
+    fn, ran = _planned(_scale_launcher(module.k))
     for _ in range(2):  # the first call warms the caches, the second records
         fn(torch.randn(4, 16), 0.25)
     assert len(ran) == 2 and len(_launches(compiled)) == 1  # Triton's path first, then the cached one
@@ -282,14 +285,7 @@ def test_triton_36_launchers_are_called_at_their_c_launch(fake, monkeypatch):
 
 def test_entry_points_inline_positional_shapes_and_hand_traced_calls_to_the_custom_op(fake):
     module, _, compiled = fake
-    k = module.k
-
-    def scale(x, s=0.5):
-        y = torch.empty_like(x)
-        k[(x.numel() // 16,)](x.view(-1), y, x.numel(), float(s), BLOCK=16, num_warps=2)
-        return y
-
-    fn, ran = _planned(scale, signature=True)
+    fn, ran = _planned(_scale_launcher(module.k), signature=True)
     assert plans._positional_counts(fn.unplanned) == (1, 2)
     tracing = []
     custom_calls = []
