@@ -179,3 +179,29 @@ def test_without_bwrap_the_probe_names_the_fix(monkeypatch):
     monkeypatch.setenv("KERNELGEN_BWRAP", "/nonexistent/bwrap")
     assert wall._run_probe(False).endswith(wall.SANDBOX_FIX)
     assert "apt-get install bubblewrap" in wall.SANDBOX_FIX and "--no-sandbox" in wall.SANDBOX_FIX
+
+
+def test_sanitize_runs_the_child_under_memcheck_without_the_caching_allocator(monkeypatch, tmp_path):
+    """--sanitize: the worker runs under compute-sanitizer memcheck, with PyTorch's caching allocator off
+    (memcheck sees only the driver's allocations: a read past a tensor inside a cached segment is invisible),
+    and memcheck's exit code becomes the verdict's reason."""
+    from kernelgen.backends import get_backend
+    from kernelgen.verify import sandbox, wall
+
+    seen = {}
+
+    def fake_run(argv, scratch, timeout, **kwargs):
+        seen["argv"], seen["env"] = argv, kwargs["env"]
+        return wall.WalledRun(sandbox.SANITIZER_EXIT, "========= Invalid __global__ read of size 2 bytes", False, False)
+
+    monkeypatch.setattr(sandbox, "sanitizer_binary", lambda: "/opt/cuda/bin/compute-sanitizer")
+    monkeypatch.setattr(wall, "run_walled", fake_run)
+    results, why = sandbox.run_child({"folder": str(tmp_path)}, get_backend("interpreter"), 30, False, None,
+                                     sanitize=True)
+    assert results == {} and "memcheck found invalid memory accesses" in why and "Invalid __global__ read" in why
+    assert seen["argv"][:3] == ["/opt/cuda/bin/compute-sanitizer", "--tool", "memcheck"]
+    assert seen["env"]["PYTORCH_NO_CUDA_MEMORY_CACHING"] == "1"
+    monkeypatch.setattr(sandbox, "sanitizer_binary", lambda: None)
+    assert "needs NVIDIA's compute-sanitizer" in sandbox.run_child({"folder": str(tmp_path)},
+                                                                  get_backend("interpreter"), 30, False, None,
+                                                                  sanitize=True)[1]

@@ -231,6 +231,10 @@ def run_child(wire: dict[str, Any], backend, timeout: float, sandbox: bool, devi
                 return {}, "--sanitize needs NVIDIA's compute-sanitizer (CUDA toolkit) on PATH or in CUDA_HOME/bin"
             argv = [tool, "--tool", "memcheck", "--error-exitcode", str(SANITIZER_EXIT), "--print-limit", "10",
                     "--target-processes", "all"] + argv
+            # memcheck knows only the driver's allocations: with PyTorch's caching allocator a tensor is a
+            # slice of a larger segment and a read past its end stays inside that segment, unseen. Without
+            # the cache every tensor is its own allocation.
+            env["PYTORCH_NO_CUDA_MEMORY_CACHING"] = "1"
         run = wall.run_walled(argv, scratch, timeout, sandbox=sandbox,
                               cuda=backend.device == "cuda", env=env, readable=[Path(wire["folder"])],
                               writable=writable)
