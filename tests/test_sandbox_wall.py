@@ -192,13 +192,19 @@ def test_sanitize_runs_the_child_under_memcheck_without_the_caching_allocator(mo
 
     def fake_run(argv, scratch, timeout, **kwargs):
         seen["argv"], seen["env"] = argv, kwargs["env"]
-        return wall.WalledRun(sandbox.SANITIZER_EXIT, "========= Invalid __global__ read of size 2 bytes", False, False)
+        memcheck = ("========= COMPUTE-SANITIZER\n========= Invalid __global__ read of size 2 bytes\n"
+                    "=========     at _rms_norm_row+0x2d0\n=========     Address 0x7f00 is out of bounds\n"
+                    "Traceback (most recent call last):\ntorch.AcceleratorError: unspecified launch failure\n")
+        return wall.WalledRun(sandbox.SANITIZER_EXIT, memcheck, False, False)
 
     monkeypatch.setattr(sandbox, "sanitizer_binary", lambda: "/opt/cuda/bin/compute-sanitizer")
     monkeypatch.setattr(wall, "run_walled", fake_run)
     results, why = sandbox.run_child({"folder": str(tmp_path)}, get_backend("interpreter"), 30, False, None,
                                      sanitize=True)
-    assert results == {} and "memcheck found invalid memory accesses" in why and "Invalid __global__ read" in why
+    assert results == {} and why.splitlines() == ["compute-sanitizer memcheck found invalid memory accesses:",
+                                                 "========= Invalid __global__ read of size 2 bytes",
+                                                 "=========     at _rms_norm_row+0x2d0",
+                                                 "=========     Address 0x7f00 is out of bounds"]
     assert seen["argv"][:3] == ["/opt/cuda/bin/compute-sanitizer", "--tool", "memcheck"]
     assert seen["env"]["PYTORCH_NO_CUDA_MEMORY_CACHING"] == "1"
     monkeypatch.setattr(sandbox, "sanitizer_binary", lambda: None)

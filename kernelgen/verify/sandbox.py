@@ -206,6 +206,14 @@ def sanitizer_binary() -> str | None:
     return None
 
 
+def _memcheck_report(stderr: str) -> str:
+    """memcheck's own lines (`========= Invalid __global__ read ...`, where, which thread, the address), its
+    first errors; the child's own stderr tail when there are none."""
+    lines = [ln.rstrip() for ln in stderr.splitlines() if ln.startswith("=========") and ln.strip("= ")]
+    lines = [ln for ln in lines if "COMPUTE-SANITIZER" not in ln]
+    return "\n".join(lines[:12])[:STDERR_TAIL_CHARS] if lines else _tail(stderr)
+
+
 def run_child(wire: dict[str, Any], backend, timeout: float, sandbox: bool, device: str | None,
               sanitize: bool = False) -> tuple[dict[str, Any], str]:
     """Run the plan in a fresh child; (results, "") or ({}, why the child gave no results). `sanitize`:
@@ -240,7 +248,7 @@ def run_child(wire: dict[str, Any], backend, timeout: float, sandbox: bool, devi
                               writable=writable)
         results = scratch / RESULTS
         if sanitize and run.returncode == SANITIZER_EXIT:
-            return {}, "compute-sanitizer memcheck found invalid memory accesses:\n" + _tail(run.stderr)
+            return {}, "compute-sanitizer memcheck found invalid memory accesses:\n" + _memcheck_report(run.stderr)
         if run.timed_out or not results.is_file():
             return {}, f"worker {describe_exit(run, timeout)}"
         try:
