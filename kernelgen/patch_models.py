@@ -13,6 +13,8 @@ replaces, on this model's own module instances:
 | `apply_rotary_pos_emb(q, k, cos, sin)` inside the model's attention modules | rotary_embedding |
 | the causal-LM loss (`model.loss_function`) | cross_entropy |
 | one new token's attention over the KV cache (sdpa models; prefill, masks stay sdpa); opt-in | decode_attention |
+| a decode step's DynamicCache append (`torch.cat`) and its attention, fused (sdpa models, RoPE patched) | \
+  decode_attention_append |
 
 Each replacement checks its call first and runs the original code for anything it does not cover: a tensor
 on another device than the backend's, a call that needs gradients (the kernels are forward-only), another
@@ -45,12 +47,13 @@ import torch
 import torch.nn.functional as F
 
 from kernelgen.custom_ops import compile_aware, register
+from kernelgen.patch_attention import append_scope, enable_append, record_rope
 from kernelgen.patch_attention import restore as restore_attention
 from kernelgen.patch_attention import route as route_attention
 
 POLICIES = ("verified", "all")
 LIBRARY_OPS = ("rms_norm", "fused_add_rms_norm", "silu_and_mul", "gelu_and_mul", "rotary_embedding",
-               "cross_entropy", "decode_attention")
+               "cross_entropy", "decode_attention", "decode_attention_append")
 # Patched only when named in `include`: decode_attention measured 63.2 us against cuDNN SDPA's 60.9 us for
 # the benchmark's decode shape on an H100 (batch 16, 32/8 heads, 2048 positions; logs/sweep_decode_attention_h100.json).
 OPT_IN = ("decode_attention",)
@@ -268,7 +271,9 @@ def _rope_function(original, rotary, ok):
         # HF's tables hold each frequency twice (cat(freqs, freqs)); the kernel takes one half, per token.
         c, s = cos[..., :R].expand(B, S, R).reshape(B * S, R), sin[..., :R].expand(B, S, R).reshape(B * S, R)
         q_out, k_out = rotary(q.transpose(1, 2).reshape(B * S, H, D), k.transpose(1, 2).reshape(B * S, Hk, D), c, s)
-        return q_out.view(B, S, H, D).transpose(1, 2), k_out.view(B, S, Hk, D).transpose(1, 2)
+        q_out, k_out = q_out.view(B, S, H, D).transpose(1, 2), k_out.view(B, S, Hk, D).transpose(1, 2)
+        record_rope(q_out, k_out)  # a decode step's query, for a fused cache append (patch_attention)
+        return q_out, k_out
 
     apply_rotary_pos_emb._kernelgen_original = original
     return apply_rotary_pos_emb
@@ -280,7 +285,8 @@ def _patch_attention_scope(rec, attn):
     def forward(self, *args, **kwargs):
         _RopeScope.depth += 1
         try:
-            return original(*args, **kwargs)
+            with append_scope(self, kwargs):
+                return original(*args, **kwargs)
         finally:
             _RopeScope.depth -= 1
 
@@ -389,12 +395,26 @@ def patch(model, backend=None, policy="verified", include=None, exclude=None) ->
             rec.patched["cross_entropy"] += 1
         else:
             rec.skipped["cross_entropy"] = "the model has no settable loss_function"
-    if "decode_attention" in ops:
-        n, why, rec.attention = route_attention(model, attns, ops["decode_attention"][0], ok)
-        if n:
-            rec.patched["decode_attention"] += n
-        else:
-            rec.skipped["decode_attention"] = why
+    attention_ops = [n for n in ("decode_attention", "decode_attention_append") if n in ops]
+    if attention_ops:
+        decode = ops["decode_attention"][0] if "decode_attention" in ops else None
+        n, why, rec.attention = route_attention(model, attns, decode, ok)
+        if n and "decode_attention_append" in ops:
+            if not rec.patched["rotary_embedding"]:
+                why = "the fused append takes its query from the RoPE patch (rotary_embedding), not patched"
+            else:
+                why = enable_append(model, attns, ops["decode_attention_append"][0], ok)
+            if why:
+                rec.skipped["decode_attention_append"] = why
+                attention_ops.remove("decode_attention_append")
+                if not attention_ops:  # nothing left to route: the model keeps its implementation
+                    restore_attention(*rec.attention, model)
+                    rec.attention = []
+        for name in attention_ops:
+            if n:
+                rec.patched[name] += n
+            else:
+                rec.skipped[name] = why
     _patches[model] = rec
     return {"patched": dict(rec.patched), "skipped": dict(rec.skipped)}
 
@@ -413,7 +433,7 @@ def unpatch(model) -> None:
     for m in model.modules():
         m.__dict__.pop("_kernelgen_w1", None)
     if rec.attention:
-        restore_attention(*rec.attention)
+        restore_attention(*rec.attention, model)
     if rec.loss is not None:
         had_own, own = rec.loss
         if had_own:

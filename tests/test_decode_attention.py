@@ -136,15 +136,16 @@ def test_patched_decode_step_runs_the_kernel_and_matches_sdpa(family, rng_seed, 
 
 
 def test_fully_patched_bfloat16_decode_step(rng_seed, interpreter):
-    """Every patch at once (norms, fused residual, SwiGLU, RoPE, decode attention) on a bf16 decode step:
-    one launch per layer of each kernel and logits within bf16 tolerance of sdpa's."""
+    """Every patch at once (norms, fused residual, SwiGLU, RoPE, decode attention, the fused cache append) on a
+    bf16 decode step: one launch per layer of each kernel and logits within bf16 tolerance of sdpa's."""
     model = _model("llama", rng_seed).to(torch.bfloat16)
     ids = torch.randint(0, TINY["vocab_size"], (2, 40), generator=torch.Generator().manual_seed(rng_seed))
     _, ref_step, _, _ = _decode(model, ids)
     kernelgen.patch(model, backend="interpreter", policy="all", include=list(LIBRARY_OPS))
     _, step, step_launches, _ = _decode(model, ids)
+    # the fused cache append serves the step's attention: decode_attention's own kernel is not launched
     assert step_launches == {"_rms_norm_row": L + 1, "_fused_add_rms_norm_row": L, "_silu_and_mul_kernel": L,
-                             "_rotary_kernel": L, "_split_kernel": L}
+                             "_rotary_kernel": L, "_append_split_kernel": L}
     torch.testing.assert_close(step.float(), ref_step.float(), atol=1.6e-2, rtol=1.6e-2,
                                msg=lambda m: f"seed {rng_seed}: {m}")
     kernelgen.unpatch(model)

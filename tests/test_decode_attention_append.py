@@ -70,3 +70,79 @@ def test_append_refuses_what_it_does_not_compute(interpreter):
         fused(torch.randn(1, 3, 1, 16), c, c, n, n)
     with pytest.raises(TypeError, match="dtype"):
         fused(q, c.half(), c, n, n)
+
+
+TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=128, vocab_size=128, max_position_embeddings=256)
+L = TINY["num_hidden_layers"]
+
+
+def _model(family, seed):
+    import transformers
+
+    torch.manual_seed(seed)
+    config_cls, model_cls = {"llama": ("LlamaConfig", "LlamaForCausalLM"),
+                             "qwen2": ("Qwen2Config", "Qwen2ForCausalLM")}[family]
+    config = getattr(transformers, config_cls)(**TINY, attn_implementation="sdpa")
+    return getattr(transformers, model_cls)(config).eval()
+
+
+def _step(model, ids, cache, mask=None):
+    """One decode step on a copy of `cache`: (logits, the copy's keys and values per layer, launches)."""
+    import copy
+
+    from kernelgen.verify.guard import count_launches
+
+    cache = copy.deepcopy(cache)
+    with torch.inference_mode(), count_launches() as launches:
+        logits = model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True).logits
+    return logits, [(layer.keys, layer.values) for layer in cache.layers], dict(launches.launches)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_a_patched_decode_step_appends_and_attends_in_one_kernel(family, rng_seed, interpreter):
+    """The step's DynamicCache update and attention go to decode_attention_append (one launch per layer, no
+    decode_attention, the cache grown by exactly the new position); a padded batch's step (a mask) keeps the
+    update and sdpa; unpatch() puts DynamicLayer.update back."""
+    import transformers
+    from transformers.cache_utils import DynamicLayer
+
+    import kernelgen
+
+    original_update = DynamicLayer.update
+    model = _model(family, rng_seed)
+    gen = torch.Generator().manual_seed(rng_seed)
+    ids = torch.randint(0, TINY["vocab_size"], (2, 30), generator=gen)
+    cache = transformers.DynamicCache(config=model.config)
+    with torch.inference_mode():
+        model(input_ids=ids[:, :-1], past_key_values=cache, use_cache=True)
+    ref_logits, ref_cache, _ = _step(model, ids[:, -1:], cache)
+    mask = torch.ones(2, 30, dtype=torch.long)
+    mask[1, :4] = 0
+    ref_masked, _, _ = _step(model, ids[:, -1:], cache, mask)
+
+    info = kernelgen.patch(model, backend="interpreter", policy="all",
+                           include=["rotary_embedding", "decode_attention_append"])
+    try:
+        assert info["patched"] == {"rotary_embedding": L, "decode_attention_append": L}, info
+        assert DynamicLayer.update is not original_update
+        logits, grown, launches = _step(model, ids[:, -1:], cache)
+        assert launches == {"_rotary_kernel": L, "_append_split_kernel": L}, launches
+        torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5, msg=lambda m: f"seed {rng_seed}: {m}")
+        for layer, ((k, v), (rk, rv)) in enumerate(zip(grown, ref_cache)):
+            assert k.shape == v.shape == rk.shape == (2, TINY["num_key_value_heads"], 30, 16)
+            assert torch.equal(k[:, :, :29], rk[:, :, :29]) and torch.equal(v[:, :, :29], rv[:, :, :29])
+            # the new position: RoPE by our kernel (a few ulps), and past layer 0 inputs that went through
+            # the fused attention (another summation order than sdpa's)
+            torch.testing.assert_close(k, rk, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(v, rv, atol=1e-5, rtol=1e-5)
+            if layer == 0:
+                assert torch.equal(v, rv)  # values are not rotated and layer 0's input is unchanged
+        masked, _, launches = _step(model, ids[:, -1:], cache, mask)
+        assert "_append_split_kernel" not in launches  # a mask: the model's own update and sdpa
+        torch.testing.assert_close(masked, ref_masked, atol=1e-5, rtol=1e-5)
+    finally:
+        kernelgen.unpatch(model)
+    assert DynamicLayer.update is original_update and model.config._attn_implementation == "sdpa"
+    logits, _, launches = _step(model, ids[:, -1:], cache)
+    assert launches == {} and torch.equal(logits, ref_logits)

@@ -58,15 +58,18 @@ def test_patched_model_is_served_by_library_ops_and_unpatch_restores_it(family, 
     model = build(family, dtype, seed=rng_seed)
     ids = _ids(rng_seed + 1)
     ref_logits, ref_loss = run(model, ids)
-    assert "decode_attention" not in kernelgen.patch(model, backend="interpreter", policy="all")["patched"]
-    assert model.config._attn_implementation == "sdpa"  # decode attention is opt-in
+    default = kernelgen.patch(model, backend="interpreter", policy="all")["patched"]
+    assert "decode_attention" not in default  # decode attention is opt-in
+    # the fused cache append is not: it routes the attention implementation to kernelgen's
+    assert default["decode_attention_append"] == L and model.config._attn_implementation == "kernelgen_decode"
     from kernelgen.patch_models import LIBRARY_OPS
 
     info = kernelgen.patch(model, backend="interpreter", policy="all", include=list(LIBRARY_OPS))
     act = "gelu_and_mul" if family == "gemma" else "silu_and_mul"
     extra_norms = 2 * L if family == "qwen3" else 0  # q_norm and k_norm in every attention
     assert info["patched"] == {"fused_add_rms_norm": L, "rms_norm": 2 * L + 1 + extra_norms, act: L,
-                               "rotary_embedding": L, "cross_entropy": 1, "decode_attention": L}, info
+                               "rotary_embedding": L, "cross_entropy": 1, "decode_attention": L,
+                               "decode_attention_append": L}, info
     assert model.config._attn_implementation == "kernelgen_decode"
     with count_launches() as launches:
         logits, loss = run(model, ids)
@@ -129,7 +132,7 @@ def test_verified_policy_uses_only_ops_with_fresh_passing_records(rng_seed, inte
 
     info = kernelgen.patch(model, backend="interpreter", include=list(LIBRARY_OPS))
     for name in ("rms_norm", "fused_add_rms_norm", "silu_and_mul", "rotary_embedding", "cross_entropy",
-                 "decode_attention"):
+                 "decode_attention", "decode_attention_append"):
         status = op_status(get_op(name), "interpreter")["status"]
         if status == "verified":
             assert info["patched"].get(name), (name, info)

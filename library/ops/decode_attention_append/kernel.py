@@ -51,7 +51,7 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit
-def _split_kernel(q_ptr, kc_ptr, vc_ptr, kn_ptr, vn_ptr, ka_ptr, va_ptr, out_ptr, part_ptr, lse_ptr,
+def _append_split_kernel(q_ptr, kc_ptr, vc_ptr, kn_ptr, vn_ptr, ka_ptr, va_ptr, out_ptr, part_ptr, lse_ptr,
                   Hkv, S, Sq, D, rows, group, split_len, num_splits, scale_log2,
                   stride_qb, stride_qh, stride_qs, stride_qd,
                   stride_kb, stride_kh, stride_ks, stride_kd,
@@ -154,7 +154,7 @@ def _split_kernel(q_ptr, kc_ptr, vc_ptr, kn_ptr, vn_ptr, ka_ptr, va_ptr, out_ptr
 
 
 @triton.jit
-def _combine_kernel(part_ptr, lse_ptr, out_ptr, Hkv, Sq, D, rows, group, num_splits,
+def _append_combine_kernel(part_ptr, lse_ptr, out_ptr, Hkv, Sq, D, rows, group, num_splits,
                     BLOCK_SPLITS: tl.constexpr, BLOCK_D: tl.constexpr):
     # One program per query row (pair, r): a weighted sum of its splits' partial outputs.
     row = tl.program_id(0).to(tl.int64)
@@ -257,7 +257,7 @@ def decode_attention_append(q, k_cache, v_cache, k_new, v_new, scale=None, *, bl
         part = torch.empty((pairs * num_splits * rows * D,), dtype=torch.float32, device=q.device)
         lse = torch.empty((pairs * num_splits * rows,), dtype=torch.float64 if wide else torch.float32,
                           device=q.device)
-    _split_kernel[(pairs, num_splits)](
+    _append_split_kernel[(pairs, num_splits)](
         q, k_cache, v_cache, k_new, v_new, k_all, v_all, out, part, lse, Hkv, S, Sq, D, rows, group, split_len,
         num_splits, scale * LOG2E, *q.stride(), *k_cache.stride(), *v_cache.stride(), *k_new.stride(),
         *v_new.stride(), BLOCK_M=block_m, BLOCK_S=block_s, BLOCK_D=block_d, USE_DOT=use_dot,
@@ -265,7 +265,7 @@ def decode_attention_append(q, k_cache, v_cache, k_new, v_new, scale=None, *, bl
         num_warps=NUM_WARPS if num_warps is None else num_warps,
         num_stages=NUM_STAGES if num_stages is None else num_stages)
     if not single and rows:
-        _combine_kernel[(pairs * rows,)](
+        _append_combine_kernel[(pairs * rows,)](
             part, lse, out, Hkv, Sq, D, rows, group, num_splits,
             BLOCK_SPLITS=_next_power_of_2(num_splits), BLOCK_D=block_d, num_warps=4 if block_d >= 128 else 1)
     return out, k_all, v_all
