@@ -146,3 +146,32 @@ def test_a_patched_decode_step_appends_and_attends_in_one_kernel(family, rng_see
     assert DynamicLayer.update is original_update and model.config._attn_implementation == "sdpa"
     logits, _, launches = _step(model, ids[:, -1:], cache)
     assert launches == {} and torch.equal(logits, ref_logits)
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "left-padded"])
+def test_generate_gives_the_same_tokens_with_the_fused_append(padded, rng_seed, interpreter):
+    """model.generate (greedy, 6 new tokens) on a patched model: the same tokens as unpatched; the unpadded
+    batch's decode steps go through the fused append (one launch per layer and step), the padded one's
+    (a mask) through the model's own update and sdpa."""
+    import kernelgen
+    from kernelgen.verify.guard import count_launches
+
+    model = _model("llama", rng_seed)
+    ids = torch.randint(0, TINY["vocab_size"], (2, 12), generator=torch.Generator().manual_seed(rng_seed))
+    mask = torch.ones_like(ids)
+    if padded:
+        mask[1, :3] = 0
+
+    def generate():
+        with torch.inference_mode():
+            return model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+
+    expected = generate()
+    kernelgen.patch(model, backend="interpreter", policy="all")
+    try:
+        with count_launches() as launches:
+            got = generate()
+    finally:
+        kernelgen.unpatch(model)
+    assert torch.equal(got, expected)
+    assert launches.launches.get("_append_split_kernel", 0) == (0 if padded else 5 * L)  # 5 decode steps
