@@ -214,8 +214,12 @@ def _fused_update(self, key_states, value_states, *args, **kwargs):
                 and query.dtype == keys.dtype == values.dtype == key_states.dtype == value_states.dtype
                 and servable(query, keys, values, key_states, value_states)):
             scale = getattr(module, "scaling", None)
-            out, self.keys, self.values = op(query, keys, values, key_states, value_states, scale)
+            try:
+                out, k_all, v_all = op(query, keys, values, key_states, value_states, scale)
+            except (TypeError, ValueError):  # a call the op refuses (it checks before writing anything)
+                return _update_install["original"](self, key_states, value_states, *args, **kwargs)
+            self.keys, self.values = k_all, v_all
             p.query = p.key = None
-            p.result = (query, self.keys, self.values, scale, out)
-            return self.keys, self.values
+            p.result = (query, k_all, v_all, scale, out)
+            return k_all, v_all
     return _update_install["original"](self, key_states, value_states, *args, **kwargs)

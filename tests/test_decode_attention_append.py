@@ -175,3 +175,38 @@ def test_generate_gives_the_same_tokens_with_the_fused_append(padded, rng_seed, 
         kernelgen.unpatch(model)
     assert torch.equal(got, expected)
     assert launches.launches.get("_append_split_kernel", 0) == (0 if padded else 5 * L)  # 5 decode steps
+
+
+def test_a_call_the_append_op_refuses_keeps_the_models_update(rng_seed, interpreter, monkeypatch):
+    """The fused update hands a call the op refuses (it raises before writing) to DynamicLayer's own update:
+    the step's logits and cache are the model's."""
+    import transformers
+
+    import kernelgen
+    from kernelgen import patch_attention
+
+    model = _model("llama", rng_seed)
+    ids = torch.randint(0, TINY["vocab_size"], (2, 20), generator=torch.Generator().manual_seed(rng_seed))
+    cache = transformers.DynamicCache(config=model.config)
+    with torch.inference_mode():
+        model(input_ids=ids[:, :-1], past_key_values=cache, use_cache=True)
+    ref_logits, ref_cache, _ = _step(model, ids[:, -1:], cache)
+    alone = kernelgen.patch(model, backend="interpreter", policy="all", include=["decode_attention_append"])
+    assert "RoPE patch" in alone["skipped"]["decode_attention_append"]  # it takes the query from there
+    assert model.config._attn_implementation == "sdpa"  # and nothing else needed the routing
+    kernelgen.patch(model, backend="interpreter", policy="all", include=["rotary_embedding", "decode_attention_append"])
+    try:
+        attn = model.model.layers[0].self_attn
+        _, servable = attn.__dict__[patch_attention._APPEND_ATTR]
+
+        def refusing(*args):
+            raise ValueError("decode_attention_append: refused for the test")
+
+        for layer in model.model.layers:
+            monkeypatch.setitem(layer.self_attn.__dict__, patch_attention._APPEND_ATTR, (refusing, servable))
+        logits, grown, launches = _step(model, ids[:, -1:], cache)
+        assert "_append_split_kernel" not in launches
+        assert torch.equal(logits, ref_logits)
+        assert all(torch.equal(k, rk) and torch.equal(v, rv) for (k, v), (rk, rv) in zip(grown, ref_cache))
+    finally:
+        kernelgen.unpatch(model)
