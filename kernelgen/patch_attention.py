@@ -51,6 +51,7 @@ class _Pending(threading.local):
 
 
 _pending = _Pending()
+_compiling = torch.compiler.is_compiling
 _update_install: dict = {}  # "original": DynamicLayer.update before us, "models": patched models using ours
 # Keyword arguments that change what attention computes; a call with any of them set goes to the fallback.
 _CHANGES_RESULT = ("softcap", "sliding_window", "s_aux", "sinks", "position_bias", "head_mask")
@@ -70,7 +71,7 @@ def decode_attention_forward(module, query, key, value, attention_mask, dropout=
         return _fallback(ROUTED_FROM)(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
     fallback, op, servable = entry
-    done = _pending.result
+    done = None if _compiling() else _pending.result
     if done is not None:
         _pending.result = None
         q_done, k_done, v_done, scale_done, out = done
@@ -175,15 +176,23 @@ class append_scope:
     __slots__ = ("module", "saved")
 
     def __init__(self, module, kwargs: dict):
+        # Not while torch.compile traces: the hand-over goes through thread-local state, which Dynamo does not
+        # trace; a compiled forward keeps the model's update and attention.
+        self.module = None if _compiling() else module
         on = _APPEND_ATTR in module.__dict__ and "attention_mask" in kwargs and kwargs["attention_mask"] is None
-        self.module = module if on else None
+        if not on:
+            self.module = None
 
     def __enter__(self):
+        if self.module is None and _compiling():
+            return
         p = _pending
         self.saved = (p.module, p.query, p.key, p.result)
         p.module, p.query, p.key, p.result = self.module, None, None, None
 
     def __exit__(self, *exc):
+        if self.module is None and _compiling():
+            return False
         p = _pending
         p.module, p.query, p.key, p.result = self.saved
         return False
@@ -191,6 +200,8 @@ class append_scope:
 
 def record_rope(q, k) -> None:
     """RoPE's outputs of a one-position call inside an append scope: the query the fused update attends with."""
+    if _compiling():
+        return
     p = _pending
     if p.module is not None and q.dim() == 4 and q.shape[2] == 1:
         p.query, p.key = q, k
@@ -200,6 +211,8 @@ def _fused_update(self, key_states, value_states, *args, **kwargs):
     """DynamicLayer.update while a model is patched with the append op (see the module docstring)."""
     from transformers.cache_utils import DynamicLayer
 
+    if _compiling():
+        return _update_install["original"](self, key_states, value_states, *args, **kwargs)
     p = _pending
     module, query = p.module, p.query
     if (module is not None and query is not None and p.key is key_states and type(self) is DynamicLayer

@@ -210,3 +210,35 @@ def test_a_call_the_append_op_refuses_keeps_the_models_update(rng_seed, interpre
         assert all(torch.equal(k, rk) and torch.equal(v, rv) for (k, v), (rk, rv) in zip(grown, ref_cache))
     finally:
         kernelgen.unpatch(model)
+
+
+def test_torch_compile_traces_a_patched_decode_step_in_one_graph(rng_seed, interpreter):
+    """Under torch.compile the hand-over through thread-local state is skipped (the model's update and sdpa
+    run inside the graph): one graph, no break, the unpatched step's logits."""
+    import copy
+
+    import transformers
+
+    import kernelgen
+
+    model = _model("llama", rng_seed)
+    ids = torch.randint(0, TINY["vocab_size"], (2, 20), generator=torch.Generator().manual_seed(rng_seed))
+    cache = transformers.DynamicCache(config=model.config)
+    with torch.inference_mode():
+        model(input_ids=ids[:, :-1], past_key_values=cache, use_cache=True)
+        expected = model(input_ids=ids[:, -1:], past_key_values=copy.deepcopy(cache), use_cache=True).logits
+
+    def step(c):
+        return model(input_ids=ids[:, -1:], past_key_values=c, use_cache=True).logits
+
+    kernelgen.patch(model, backend="interpreter", policy="all")
+    try:
+        torch._dynamo.reset()
+        explained = torch._dynamo.explain(step)(copy.deepcopy(cache))
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+        with torch.inference_mode():
+            got = torch.compile(step, backend="eager")(copy.deepcopy(cache))
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    finally:
+        kernelgen.unpatch(model)
+        torch._dynamo.reset()
