@@ -3,8 +3,9 @@
 An ATen override registered through torch.library is a Python function that the C++ dispatcher calls: each
 call converts its arguments to Python objects and its result back, about 5 us of host time on a server CPU,
 as much as a whole small eager call. For the functionals that models call by name (F.rms_norm, which
-nn.RMSNorm calls; F.softmax; F.log_softmax; F.layer_norm; F.cross_entropy), enable() also puts a route in
-front of PyTorch's function. A call goes straight to the op's ATen adapter (with its launch plans) when:
+nn.RMSNorm calls; F.softmax; F.log_softmax; F.layer_norm; F.cross_entropy; the losses F.mse_loss,
+F.huber_loss, F.smooth_l1_loss and F.kl_div), enable() also puts a route in front of PyTorch's function.
+A call goes straight to the op's ATen adapter (with its launch plans) when:
 - its tensors are plain tensors (no subclass such as FakeTensor or DTensor) on the backend's device;
 - no gradient is needed, no torch function or dispatch mode is active, torch.compile is not tracing;
 - it passes none of the functional's arguments that the ATen overload does not take (a softmax `dtype`,
@@ -15,6 +16,7 @@ which goes through the dispatcher as before, ATen override included. disable() p
 
 from __future__ import annotations
 
+import ast
 import inspect
 import os
 from dataclasses import dataclass
@@ -35,10 +37,11 @@ class Route:
     functional's parameter names."""
 
     function: str  # the name in torch.nn.functional
-    tensors: tuple[str, ...]  # tensor parameters: the first is required, the others may be None
+    tensors: tuple[str, ...]  # tensor parameters: the first `required` must be tensors, the others may be None
     call: str  # the adapter call
     when: str = "True"  # the arguments the overload covers (anything else is PyTorch's)
     result: str = "out"  # the functional's result from the adapter's
+    required: int = 1
 
 
 ROUTES = {
@@ -52,7 +55,26 @@ ROUTES = {
     "aten::cross_entropy_loss": Route(
         "cross_entropy", ("input", "target", "weight"),
         "adapter(input, target, weight, REDUCTIONS[reduction], ignore_index, label_smoothing)",
-        "size_average is None and reduce is None and reduction in REDUCTIONS"),
+        "size_average is None and reduce is None and reduction in REDUCTIONS", required=2),
+    # The pointwise losses: same shapes only (PyTorch's function warns about and broadcasts others), no weight,
+    # no legacy reduction arguments, the reductions their adapters compute (mean and sum).
+    "aten::mse_loss": Route(
+        "mse_loss", ("input", "target"), "adapter(input, target, REDUCTIONS[reduction])",
+        "weight is None and size_average is None and reduce is None and reduction in ('mean', 'sum')"
+        " and input.shape == target.shape", required=2),
+    "aten::huber_loss": Route(
+        "huber_loss", ("input", "target"), "adapter(input, target, REDUCTIONS[reduction], delta)",
+        "weight is None and reduction in ('mean', 'sum') and input.shape == target.shape", required=2),
+    # beta = 0 is PyTorch's l1_loss, not smooth_l1_loss
+    "aten::smooth_l1_loss": Route(
+        "smooth_l1_loss", ("input", "target"), "adapter(input, target, REDUCTIONS[reduction], beta)",
+        "size_average is None and reduce is None and reduction in ('mean', 'sum') and beta > 0"
+        " and input.shape == target.shape", required=2),
+    # 'sum' only: 'mean' (PyTorch warns about it), 'batchmean' (a division after the sum) and 'none' stay PyTorch's
+    "aten::kl_div": Route(
+        "kl_div", ("input", "target"), "adapter(input, target, REDUCTIONS[reduction], log_target)",
+        "size_average is None and reduce is None and reduction == 'sum' and input.shape == target.shape",
+        required=2),
 }
 
 
@@ -74,7 +96,7 @@ def _source(route: Route, params: list, device_type: str, min_numel: int) -> tup
     for i, name in enumerate(route.tensors):
         plain = (f"(type({name}) is T or type({name}) is P) and {name}.is_{device_type} "
                  f"and not (grad and {name}.requires_grad)")
-        checks.append(plain if i == 0 else f"({name} is None or {plain})")
+        checks.append(plain if i < route.required else f"({name} is None or {plain})")
     if min_numel:
         checks.append(f"{route.tensors[0]}.numel() >= {int(min_numel)}")
     lines = [f"def route({', '.join(header)}):",
@@ -100,7 +122,8 @@ def make_route(original, adapter, route: Route, device_type: str, calls, name: s
     names = {p.name for p in params}
     used = set(route.tensors)  # every name the route's expressions read must be a parameter
     for expr in (route.call, route.when, route.result):
-        used |= set(compile(expr, "<route>", "eval").co_names) - {"adapter", "REDUCTIONS", "out", "True"}
+        used |= {n.id for n in ast.walk(ast.parse(expr, mode="eval")) if isinstance(n, ast.Name)}
+    used -= {"adapter", "REDUCTIONS", "out", "True"}
     if (any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY) for p in params)
             or not used <= names or not device_type.isidentifier() or not hasattr(torch.Tensor, f"is_{device_type}")):
         return None

@@ -23,6 +23,10 @@ def _aten_ops_seen(fn) -> set[str]:
     ("log_softmax", "log_softmax", lambda x, w: F.log_softmax(x, -1)),
     ("layer_norm", "layer_norm", lambda x, w: F.layer_norm(x, (x.shape[-1],), w, None, 1e-5)),
     ("cross_entropy", "cross_entropy", lambda x, w: F.cross_entropy(x, torch.arange(x.shape[0]) % x.shape[1])),
+    ("mse_loss", "mse_loss", lambda x, w: F.mse_loss(x, x.flip(0) * w)),
+    ("huber_loss", "huber_loss", lambda x, w: F.huber_loss(x, x.flip(0) * w, reduction="sum", delta=0.5)),
+    ("smooth_l1_loss", "smooth_l1_loss", lambda x, w: F.smooth_l1_loss(x, x.flip(0) * w, beta=0.7)),
+    ("kl_div", "kl_div", lambda x, w: F.kl_div(x, x.flip(0), reduction="sum", log_target=True)),
 ])
 def test_served_calls_skip_the_dispatcher_and_match_pytorch(op, name, call, interpreter):
     original = getattr(F, name)
@@ -38,7 +42,7 @@ def test_served_calls_skip_the_dispatcher_and_match_pytorch(op, name, call, inte
         seen = _aten_ops_seen(lambda: call(x, w))
         overload = {"softmax": "aten::_softmax", "log_softmax": "aten::_log_softmax",
                     "layer_norm": "aten::native_layer_norm", "rms_norm": "aten::rms_norm",
-                    "cross_entropy": "aten::cross_entropy_loss"}[op]
+                    "cross_entropy": "aten::cross_entropy_loss"}.get(op, f"aten::{op}")
         assert overload not in seen, seen
     finally:
         kernelgen.disable()
@@ -116,5 +120,30 @@ def test_routes_can_be_switched_off(interpreter, monkeypatch):
     kernelgen.enable(backend="interpreter", policy="all", include=["rms_norm"])
     try:
         assert F.rms_norm is original
+    finally:
+        kernelgen.disable()
+
+
+def test_loss_calls_a_route_must_not_take_run_pytorchs_function(interpreter):
+    """Shapes that PyTorch broadcasts (with its warning), a weight, beta = 0 (PyTorch's l1_loss), kl_div's
+    'batchmean', a reduction the adapters do not compute ('none'): PyTorch's function, which reaches the ATen
+    override or another op, with PyTorch's result."""
+    x, t = torch.randn(4, 48), torch.randn(4, 48)
+    kernelgen.enable(backend="interpreter", policy="all", include=["mse_loss", "smooth_l1_loss", "kl_div"])
+    try:
+        before = dict(kernelgen.status()["interpreter"]["calls"])
+        with pytest.warns(UserWarning, match="target size"):
+            got = F.mse_loss(x, t[:1])  # broadcast: PyTorch warns, then the override serves the expanded call
+        torch.testing.assert_close(got, ((x - t[:1]) ** 2).mean())
+        torch.testing.assert_close(F.mse_loss(x, t, weight=torch.ones_like(x)), ((x - t) ** 2).mean())
+        assert "aten::l1_loss" in _aten_ops_seen(lambda: F.smooth_l1_loss(x, t, beta=0.0))
+        torch.testing.assert_close(F.kl_div(x, t.softmax(-1), reduction="batchmean"),
+                                   (t.softmax(-1) * (t.softmax(-1).log() - x)).sum() / 4)
+        torch.testing.assert_close(F.mse_loss(x, t, reduction="none"), (x - t) ** 2)
+        calls = kernelgen.status()["interpreter"]["calls"]
+        # served through the dispatcher's override, not the route: mse_loss once (the broadcast call, expanded
+        # by PyTorch), kl_div once (the sum before 'batchmean' divides)
+        assert {op: calls.get(op, 0) - before.get(op, 0) for op in ("mse_loss", "kl_div")} == {"mse_loss": 1,
+                                                                                           "kl_div": 1}
     finally:
         kernelgen.disable()
