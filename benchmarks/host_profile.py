@@ -119,6 +119,16 @@ def pieces(op_name, kernel_name, eager, call, raw_args_fn):
             fns["C launch alone (3.6 layout)"] = c_launch
         except Exception as exc:  # noqa: BLE001 - another Triton's layout
             print(f"C launch alone: {type(exc).__name__}: {exc}")
+    from kernelgen import lean_launch
+
+    lean = lean_launch.launcher()
+    lean_plan = lean_launch.plan(entry.kernel, len(full_args)) if lean is not None else None
+    print("lean launch:", "built" if lean is not None else "not available", "covers" if lean_plan else "-")
+    if lean_plan is not None:
+        types, positions, threads, shared = lean_plan
+        values = [int_args[i] for i in positions]
+        fns["kernelgen lean C launch alone"] = lambda: lean(grid[0], 1, 1, stream, entry.function, threads, shared,
+                                                            types, *values)
     return best_us(fns)
 
 

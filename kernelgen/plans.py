@@ -338,6 +338,18 @@ def _direct_launch(run):
     return c_launch, run.launch_cooperative_grid, run.launch_pdl
 
 
+def _lean_launch(entry, n_args: int, direct):
+    """(kernelgen's C launch, its plan for this kernel) when it covers the launch (kernelgen/lean_launch.py):
+    Triton 3.6's layout without scratch (`direct`), no cooperative grid, no PDL; else None."""
+    if direct is None or direct[1] or direct[2]:
+        return None
+    from kernelgen import lean_launch
+
+    c_launch = lean_launch.launcher()
+    plan = lean_launch.plan(entry.kernel, n_args) if c_launch is not None else None
+    return None if plan is None else (c_launch, plan)
+
+
 def build(launches: list, watch: _Watch, out, inputs: list) -> types.FunctionType:
     """The replay function `replay(t0, t1, ..., stream)` of a recorded call, or raise _Unplannable."""
     if watch.computes is not None:
@@ -357,6 +369,12 @@ def build(launches: list, watch: _Watch, out, inputs: list) -> types.FunctionTyp
                 call_args.append(src.bind(a))
         g = ", ".join(str(int(v)) for v in grid)
         direct = _direct_launch(entry.run)
+        lean = _lean_launch(entry, len(args), direct)
+        if lean is not None:  # our own C launch: the parameters packed by type, cuLaunchKernel
+            c_launch, (types, positions, threads, shared) = lean
+            src.lines.append(f"{src.bind(c_launch)}({g}, stream, {src.bind(entry.function)}, {threads}, {shared}, "
+                             f"{src.bind(types)}{''.join(', ' + call_args[i] for i in positions)})")
+            continue
         if direct is not None:  # Triton 3.6's C launch, without the Python __call__ around it
             c_launch, cooperative, pdl = direct
             head = (f"{src.bind(c_launch)}({g}, stream, {src.bind(entry.function)}, {src.bind(cooperative)}, "

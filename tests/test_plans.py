@@ -303,3 +303,69 @@ def test_entry_points_inline_positional_shapes_and_hand_traced_calls_to_the_cust
     tracing.append(1)  # as if Dynamo traced the call: the custom op takes it, the plan is not used
     assert entry(x, 0.25) == "custom" and custom_calls == [((x, 0.25), {})]
     assert len(ran) == 4 and len(_launches(compiled)) == launches + 2
+
+
+def test_replays_use_kernelgen_lean_launch_where_it_covers_the_kernel(fake, monkeypatch):
+    """On Triton 3.6's layout, a kernel with one CTA per program, no PDL or cooperative grid and plain parameter
+    types is replayed through kernelgen's C launch (kernelgen/lean_launch.py): the grid, the stream, the
+    function, 32 x num_warps threads, the shared memory, the type codes, then only the non-constexpr
+    arguments. A kernel it does not cover keeps Triton's C launch."""
+    import types as pytypes
+
+    import triton
+    from fake_triton import FakeCompiled
+
+    from kernelgen import lean_launch
+
+    module, _, compiled = fake
+    lean_calls, c_calls = [], []
+
+    class Launcher36:
+        global_scratch_size = profile_scratch_size = 0
+        launch_cooperative_grid = launch_pdl = False
+
+        def __call__(self, *args):
+            pass
+
+        def launch(self, *args):
+            c_calls.append(args)
+
+    monkeypatch.setattr(triton, "__version__", "3.6.0")
+    monkeypatch.setattr(FakeCompiled, "run", Launcher36())
+    monkeypatch.setattr(lean_launch, "launcher", lambda: lambda *args: lean_calls.append(args))
+
+    def launcher(x):
+        y = torch.empty_like(x)
+        module.k[(3,)](x, y, 16, 1.5, BLOCK=16)
+        return y
+
+    for metadata, covered in (((4, 1, 512, 1, 1, 1), True), ((4, 2, 512, 2, 1, 1), False)):
+        fn, _ = _planned(launcher)
+        fn(torch.randn(16))  # compiles (fake) once: now give the kernel Triton's signature and metadata
+        (c,) = compiled.values()
+        c.src = pytypes.SimpleNamespace(signature={"x_ptr": "*fp32", "y_ptr": "*fp32", "n": "i32", "scale": "fp32",
+                                                   "BLOCK": "constexpr", "FLAG": "constexpr"})
+        c.packed_metadata = metadata
+        fn(torch.randn(16))  # records the plan
+        x = torch.randn(16)
+        y = fn(x)
+        if covered:
+            assert lean_calls[-1] == (3, 1, 1, 777, c.function, 128, 512, b"PPif", x.data_ptr(), y.data_ptr(), 16, 1.5)
+        else:  # clusters: cuLaunchKernelEx's business, Triton's launch
+            assert c_calls[-1][13:15] == (x.data_ptr(), y.data_ptr()) and len(lean_calls) == 1
+
+
+def test_lean_launch_plans_only_plain_parameter_types():
+    import types as pytypes
+
+    from kernelgen import lean_launch
+
+    def kernel(signature, metadata=(8, 1, 0, 1, 1, 1)):
+        return pytypes.SimpleNamespace(src=pytypes.SimpleNamespace(signature=signature), packed_metadata=metadata)
+
+    ok = kernel({"a": "*bf16", "b": "i64", "c": "constexpr", "d": "bf16", "e": "fp16", "f": "u8", "g": "i1"})
+    assert lean_launch.plan(ok, 7) == (b"PlbhBc", (0, 1, 3, 4, 5, 6), 256, 0)
+    assert lean_launch.plan(ok, 6) is None  # another argument count than the signature's
+    assert lean_launch.plan(kernel({"a": "tensordesc<fp16[64, 64]>"}), 1) is None
+    assert lean_launch.plan(kernel({"a": ("*fp32", "i32")}), 1) is None  # a tuple parameter
+    assert lean_launch.plan(kernel({"a": "*fp32"}, (4, 1, 0, 2, 1, 1)), 1) is None  # a cluster
