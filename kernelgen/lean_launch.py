@@ -160,8 +160,10 @@ def plan(kernel, n_args: int):
     metadata = getattr(kernel, "packed_metadata", None)
     if not isinstance(signature, dict) or len(signature) != n_args or not isinstance(metadata, tuple):
         return None
-    if len(metadata) != 6 or metadata[1] != 1 or tuple(metadata[3:]) != (1, 1, 1):
-        return None  # clusters or several CTAs per program: cuLaunchKernelEx's business
+    # (num_warps, num_ctas, shared memory[, cluster dims]): Triton's launcher uses the cluster dims only when
+    # num_ctas != 1, which is cuLaunchKernelEx's business
+    if len(metadata) not in (3, 6) or metadata[1] != 1:
+        return None
     codes, positions = [], []
     for i, ty in enumerate(signature.values()):
         if ty == "constexpr":

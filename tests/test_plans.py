@@ -339,7 +339,7 @@ def test_replays_use_kernelgen_lean_launch_where_it_covers_the_kernel(fake, monk
         module.k[(3,)](x, y, 16, 1.5, BLOCK=16)
         return y
 
-    for metadata, covered in (((4, 1, 512, 1, 1, 1), True), ((4, 2, 512, 2, 1, 1), False)):
+    for metadata, covered in (((4, 1, 512), True), ((4, 2, 512, 2, 1, 1), False)):
         fn, _ = _planned(launcher)
         fn(torch.randn(16))  # compiles (fake) once: now give the kernel Triton's signature and metadata
         (c,) = compiled.values()
@@ -368,4 +368,5 @@ def test_lean_launch_plans_only_plain_parameter_types():
     assert lean_launch.plan(ok, 6) is None  # another argument count than the signature's
     assert lean_launch.plan(kernel({"a": "tensordesc<fp16[64, 64]>"}), 1) is None
     assert lean_launch.plan(kernel({"a": ("*fp32", "i32")}), 1) is None  # a tuple parameter
-    assert lean_launch.plan(kernel({"a": "*fp32"}, (4, 1, 0, 2, 1, 1)), 1) is None  # a cluster
+    assert lean_launch.plan(kernel({"a": "*fp32"}, (4, 2, 0, 2, 1, 1)), 1) is None  # a cluster of 2 CTAs
+    assert lean_launch.plan(kernel({"a": "*fp32"}, (4, 1, 64)), 1) == (b"P", (0,), 128, 64)  # Triton 3.6's 3-tuple
