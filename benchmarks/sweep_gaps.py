@@ -162,11 +162,12 @@ def softmax_rows(bw, deadline, log: bool) -> list:
     rows = [_entry("library", lambda: op.launcher(x), expected, nbytes, bw)]
     rows.append(_entry("torch copy", lambda: y.copy_(x), None, nbytes, bw))
     if not log:
-        try:
-            from liger_kernel.ops.softmax import LigerSoftmaxFunction
+        from bench_kernels_compile import _liger
 
-            rows.append(_entry("liger", lambda: LigerSoftmaxFunction.apply(x), expected, nbytes, bw))
-        except ImportError:
+        liger = _liger() or {}
+        if "softmax" in liger:
+            rows.append(_entry("liger", lambda: liger["softmax"](x), expected, nbytes, bw))
+        else:
             rows.append({"variant": "liger", "error": "not installed"})
     for warps in (8, 16, 32):
         def copy(warps=warps):

@@ -84,14 +84,14 @@ def _source(route: Route, params: list, device_type: str, min_numel: int) -> tup
     scope: dict = {}
     header, passed = [], []
     for i, p in enumerate(params):
+        if p.kind is p.KEYWORD_ONLY and "*" not in header:
+            header.append("*")  # the keyword-only parameters follow
         if p.default is p.empty:
             header.append(p.name)
         else:
             scope[f"default{i}"] = p.default
             header.append(f"{p.name}=default{i}")
         passed.append(p.name if p.kind is p.POSITIONAL_OR_KEYWORD else f"{p.name}={p.name}")
-        if p.kind is p.KEYWORD_ONLY and "*" not in header[:-1]:
-            header.insert(len(header) - 1, "*")
     checks = []
     for i, name in enumerate(route.tensors):
         plain = (f"(type({name}) is T or type({name}) is P) and {name}.is_{device_type} "

@@ -173,28 +173,26 @@ class append_scope:
     """Around an attention module's forward: the decode call may be fused when the module is patched with the
     append op and the call's mask is None (an unpadded decode step)."""
 
-    __slots__ = ("module", "saved")
+    __slots__ = ("module", "compiling", "saved")
 
     def __init__(self, module, kwargs: dict):
         # Not while torch.compile traces: the hand-over goes through thread-local state, which Dynamo does not
         # trace; a compiled forward keeps the model's update and attention.
-        self.module = None if _compiling() else module
+        self.compiling = _compiling()
         on = _APPEND_ATTR in module.__dict__ and "attention_mask" in kwargs and kwargs["attention_mask"] is None
-        if not on:
-            self.module = None
+        self.module = module if on and not self.compiling else None
 
     def __enter__(self):
-        if self.module is None and _compiling():
+        if self.compiling:
             return
         p = _pending
         self.saved = (p.module, p.query, p.key, p.result)
         p.module, p.query, p.key, p.result = self.module, None, None, None
 
     def __exit__(self, *exc):
-        if self.module is None and _compiling():
-            return False
-        p = _pending
-        p.module, p.query, p.key, p.result = self.saved
+        if not self.compiling:
+            p = _pending
+            p.module, p.query, p.key, p.result = self.saved
         return False
 
 

@@ -165,12 +165,17 @@ def _front_body(n: int, names: tuple[str, ...], indent: str) -> list[str]:
 _HOOKS = ("launch_enter_hook", "launch_exit_hook")
 
 
+def _hooks_now() -> list:
+    """Triton's launch hooks as they are when a front is generated (None, a HookChain or a callable)."""
+    return [getattr(launch._knobs.runtime, name, None) for name in _HOOKS]
+
+
 def _hook_test() -> str:
     """A cheap test that is true whenever Triton's launch hooks may be set (then `hooks()` decides): a hook
-    that is None must still be None; a HookChain (newer Triton) must still be the same object, with no calls."""
+    that is None must still be None; a HookChain (newer Triton) must still be the same object (bound as
+    hook<i> by `_front_scope`), with no calls."""
     tests = []
-    for i, name in enumerate(_HOOKS):
-        value = getattr(launch._knobs.runtime, name, None)
+    for i, (name, value) in enumerate(zip(_HOOKS, _hooks_now())):
         if value is None:
             tests.append(f"rt.{name} is not None")
         elif type(getattr(value, "calls", None)) is list:
@@ -181,11 +186,11 @@ def _hook_test() -> str:
 
 
 def _front_scope(plans: dict, fn, slow) -> dict:
-    runtime = launch._knobs.runtime
-    return dict(**{f"hook{i}": getattr(runtime, name, None) for i, name in enumerate(_HOOKS)},
-                **dict(state=launch._state, planmod=sys.modules[__name__], launchmod=launch, JIT=launch.JITFunction,
-                rt=launch._knobs.runtime, hooks=launch._hooks_active, counted=launch._counted,
-                current_stream=launch.current_stream, plans=plans, fn=fn, slow=slow, Replay=types.FunctionType))
+    return {**{f"hook{i}": value for i, value in enumerate(_hooks_now())},
+            "state": launch._state, "planmod": sys.modules[__name__], "launchmod": launch, "JIT": launch.JITFunction,
+            "rt": launch._knobs.runtime, "hooks": launch._hooks_active, "counted": launch._counted,
+            "current_stream": launch.current_stream, "plans": plans, "fn": fn, "slow": slow,
+            "Replay": types.FunctionType}
 
 
 def front_function(n: int, names: tuple[str, ...], plans: dict, fn, slow):

@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from test_patch import TINY, L, build
 
 from kernelgen.library import get_op
 
@@ -72,19 +73,9 @@ def test_append_refuses_what_it_does_not_compute(interpreter):
         fused(q, c.half(), c, n, n)
 
 
-TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            intermediate_size=128, vocab_size=128, max_position_embeddings=256)
-L = TINY["num_hidden_layers"]
-
-
 def _model(family, seed):
-    import transformers
-
-    torch.manual_seed(seed)
-    config_cls, model_cls = {"llama": ("LlamaConfig", "LlamaForCausalLM"),
-                             "qwen2": ("Qwen2Config", "Qwen2ForCausalLM")}[family]
-    config = getattr(transformers, config_cls)(**TINY, attn_implementation="sdpa")
-    return getattr(transformers, model_cls)(config).eval()
+    """The tiny Llama / Qwen2 of tests/test_patch.py (sdpa attention, 2 layers, 4 query and 2 kv heads)."""
+    return build(family, seed=seed)
 
 
 def _step(model, ids, cache, mask=None):
