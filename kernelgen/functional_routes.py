@@ -19,11 +19,13 @@ from __future__ import annotations
 import ast
 import inspect
 import os
+import re
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from kernelgen import plans
 from kernelgen.plans import PLAIN_TENSOR_TYPES
 
 # The functional's metadata the route keeps (what functools.wraps copies)
@@ -78,9 +80,19 @@ ROUTES = {
 }
 
 
-def _source(route: Route, params: list, device_type: str, min_numel: int) -> tuple[str, dict]:
+def _adapter_arguments(route: Route):
+    """The expressions the route's call passes to the adapter, when they are all positional (None if not)."""
+    call = ast.parse(route.call, mode="eval").body
+    if (not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name) or call.func.id != "adapter"
+            or call.keywords or any(isinstance(a, ast.Starred) for a in call.args)):
+        return None
+    return [ast.unparse(a) for a in call.args]
+
+
+def _source(route: Route, params: list, adapter, device_type: str, min_numel: int) -> tuple[str, dict]:
     """The route's source, one function with the functional's own signature (no *args repacking, one frame
-    before the adapter's), and the objects it names."""
+    before the adapter's), and the objects it names. With a planned adapter (kernelgen/plans.py) the
+    replay of its plan is inline too, so a replayed call is the route's frame and the replay's."""
     scope: dict = {}
     header, passed = [], []
     for i, p in enumerate(params):
@@ -99,12 +111,21 @@ def _source(route: Route, params: list, device_type: str, min_numel: int) -> tup
         checks.append(plain if i < route.required else f"({name} is None or {plain})")
     if min_numel:
         checks.append(f"{route.tensors[0]}.numel() >= {int(min_numel)}")
+    body = [f"out = {route.call}"]
+    values = _adapter_arguments(route)
+    inline = None if values is None else plans.inline_replay(
+        adapter, values, set(route.tensors[:route.required]), route.call, "")
+    # the inline lines' names must not shadow a parameter (p0, p1... are theirs too)
+    if inline is not None and not any(p.name in inline[1] or p.name in plans.LOCAL_NAMES
+                                      or re.fullmatch(r"p\d+", p.name) for p in params):
+        body, names = inline
+        scope.update(names)
     lines = [f"def route({', '.join(header)}):",
              "    grad = grad_enabled()",
              f"    if ({' and '.join(checks)}",
              # modes must see every op; Dynamo traces
              f"            and {route.when} and not function_modes() and not dispatch_modes() and not compiling()):",
-             f"        out = {route.call}",
+             *("        " + line for line in body),
              "        if out is not NotImplemented:",  # handed back: PyTorch's function reaches the ATen override
              "            calls[name] += 1",
              f"            return {route.result}",
@@ -127,7 +148,7 @@ def make_route(original, adapter, route: Route, device_type: str, calls, name: s
     if (any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY) for p in params)
             or not used <= names or not device_type.isidentifier() or not hasattr(torch.Tensor, f"is_{device_type}")):
         return None
-    source, scope = _source(route, params, device_type, min_numel)
+    source, scope = _source(route, params, adapter, device_type, min_numel)
     scope.update(T=PLAIN_TENSOR_TYPES[0], P=PLAIN_TENSOR_TYPES[1], grad_enabled=torch.is_grad_enabled,
                  function_modes=torch._C._len_torch_function_stack,
                  dispatch_modes=torch._C._len_torch_dispatch_stack, compiling=torch.compiler.is_compiling,

@@ -196,6 +196,7 @@ def _getters():
             # once it is (it is: the launch that fills the getters has a CUDA tensor), the C call alone.
             get_device = torch._C._cuda_getDevice
         _device_and_stream = (get_device, driver.active.get_current_stream)
+        GETTERS[:] = _device_and_stream
     return _device_and_stream
 
 
@@ -248,6 +249,11 @@ def current_device():
 
 def current_stream(device):
     return (_device_and_stream or _getters())[1](device)
+
+
+# [device getter, stream getter] for generated code (kernelgen/plans.py) to call without a Python frame:
+# current_device and current_stream until the first launch, then Triton's getters themselves.
+GETTERS = [current_device, current_stream]
 
 
 class CachedLaunchJIT(JITFunction if JITFunction is not None else object):

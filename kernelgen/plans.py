@@ -33,6 +33,7 @@ KERNELGEN_LAUNCH_PLANS=0 switches plans off.
 
 from __future__ import annotations
 
+import ast
 import functools
 import os
 import sys
@@ -109,33 +110,59 @@ def signature(args: tuple, kwargs: dict):
     return key, tensors
 
 
-def _key_lines(n: int, names: tuple[str, ...], indent: str) -> list[str]:
-    """Source lines that set `key` (and fill `tensors`) for n positional arguments and these keyword names,
-    the argument loop unrolled: a tensor's part and a scalar's inline, anything else through `_part`."""
-    values = [f"args[{i}]" for i in range(n)] + [f"kwargs[{name!r}]" for name in names]
+def _is_scalar_literal(expr: str) -> bool:
+    try:
+        return type(ast.literal_eval(expr)) in _SCALARS
+    except (ValueError, SyntaxError):
+        return False
+
+
+def _key_lines(values: list[str], keywords: tuple[str, ...], indent: str, plain=frozenset()) -> list[str]:
+    """Source lines that set `key` (and fill `tensors`) for a call with these argument expressions (the last
+    len(keywords) passed by those names), the argument loop unrolled: a tensor's part and a scalar's inline,
+    anything else through `_part`. Expressions in `plain` are known to be plain tensors already."""
+    n = len(values) - len(keywords)
     lines, parts = [], []
     for i, v in enumerate(values):
-        lines += [f"a = {v}",
-                  "if type(a) is T or type(a) is P:",
-                  "    d = device_index(a)",
-                  "    if d < 0:",
-                  "        raise Unplannable",
-                  "    tensors.append(a)",
-                  f"    p{i} = (a.dtype, a.shape, a.stride(), d, not a.data_ptr() & 15)",
-                  "elif type(a) in S:",
-                  f"    p{i} = (type(a), a)",
-                  "else:",
-                  f"    p{i} = part(a, tensors)"]
-        parts.append(f"p{i}" if i < n else f"({names[i - n]!r}, p{i})")
-    lines.append(f"key = (current_device(), ({''.join(p + ', ' for p in parts)}))")
+        tensor = ["d = device_index(a)",
+                  "if d < 0:",
+                  "    raise Unplannable",
+                  "tensors.append(a)",
+                  f"p{i} = (a.dtype, a.shape, a.stride(), d, not a.data_ptr() & 15)"]
+        if v in plain:
+            lines += [f"a = {v}", *tensor]
+        elif _is_scalar_literal(v):
+            lines += [f"a = {v}", f"p{i} = (type(a), a)"]
+        else:
+            lines += [f"a = {v}",
+                      "if type(a) is T or type(a) is P:", *("    " + line for line in tensor),
+                      "elif type(a) in S:",
+                      f"    p{i} = (type(a), a)",
+                      "else:",
+                      f"    p{i} = part(a, tensors)"]
+        parts.append(f"p{i}" if i < n else f"({keywords[i - n]!r}, p{i})")
+    lines.append(f"key = (getters[0](), ({''.join(p + ', ' for p in parts)}))")
     return [indent + line for line in lines]
 
 
+def _key_names() -> dict:
+    """The global names the lines of `_key_lines` use."""
+    return {"T": torch.Tensor, "P": torch.nn.Parameter, "S": _SCALARS, "device_index": _device_index,
+            "part": _part, "Unplannable": _Unplannable, "getters": launch.GETTERS}
+
+
 def _generated(lines: list[str], name: str, **bound):
-    scope = {"T": torch.Tensor, "P": torch.nn.Parameter, "S": _SCALARS, "device_index": _device_index,
-             "part": _part, "Unplannable": _Unplannable, "current_device": launch.current_device, **bound}
+    scope = {**_key_names(), **bound}
     exec("\n".join(lines) + "\n", scope)  # noqa: S102 - source built from argument positions and names only
     return scope[name]
+
+
+def _no_replay_test() -> str:
+    """An expression that is true when a call must not replay: the cached launch path's conditions inline
+    (CachedLaunchJIT._launch tests the same), the two function calls only when the cheap test sees something
+    (JITFunction.run wrapped, a hook set)."""
+    return ("not planmod._replays_on or not launchmod._use_cache or st.no_launch or st.recorder is not None"
+            f" or (JIT.run is not launchmod._TRITON_RUN and counted()) or (({_hook_test()}) and hooks())")
 
 
 def _front_body(n: int, names: tuple[str, ...], indent: str) -> list[str]:
@@ -143,23 +170,46 @@ def _front_body(n: int, names: tuple[str, ...], indent: str) -> list[str]:
     (`args` and `kwargs` hold them): the conditions for a replay, the signature, the lookup and the replay;
     anything else goes to fn (no replay possible) or to slow (a first call, a recording, an unplannable
     signature). Every path returns."""
+    values = [f"args[{i}]" for i in range(n)] + [f"kwargs[{name!r}]" for name in names]
     lines = [
-        # The cached launch path's conditions inline (CachedLaunchJIT._launch tests the same): the two
-        # function calls only when the cheap test sees something (JITFunction.run wrapped, a hook set).
         "st = state",
-        "if (not planmod._replays_on or not launchmod._use_cache or st.no_launch or st.recorder is not None",
-        "        or (JIT.run is not launchmod._TRITON_RUN and counted())",
-        f"        or (({_hook_test()}) and hooks())):",
+        f"if {_no_replay_test()}:",
         "    return fn(*args, **kwargs)",
         "tensors = []",
-        "try:", *_key_lines(n, names, " " * 4),
+        "try:", *_key_lines(values, names, " " * 4),
         "    plan = plans.get(key)",
         "except (Unplannable, TypeError):  # an argument no plan covers, or an unhashable value",
         "    return fn(*args, **kwargs)",
         "if type(plan) is Replay:",
-        "    return plan(*tensors, current_stream(key[0]))",
+        "    return plan(*tensors, getters[1](key[0]))",
         "return slow(args, kwargs, key, tensors, plan)"]
     return [indent + line for line in lines]
+
+
+def inline_replay(call, values: list[str], plain, fallback: str, indent: str):
+    """For generated code that calls a planned `call` with the positional argument expressions `values`:
+    (lines that set `out` to the replay of that call's plan when one is recorded and a replay is allowed,
+    else to `fallback` evaluated; the global names they use, bound), or None when `call` has no plans.
+    Expressions in `plain` must be known plain tensors. The local names the lines set are LOCAL_NAMES."""
+    if not isinstance(getattr(call, "plans", None), dict):
+        return None
+    lines = ["plan = None",
+             "st = state",
+             f"if not ({_no_replay_test()}):",
+             "    tensors = []",
+             "    try:", *_key_lines(list(values), (), " " * 8, frozenset(plain)),
+             "        plan = plans.get(key)",
+             "    except (Unplannable, TypeError):",
+             "        pass",
+             "if type(plan) is Replay:",
+             "    out = plan(*tensors, getters[1](key[0]))",
+             "else:",
+             f"    out = {fallback}"]
+    scope = {**_key_names(), **_front_scope(call.plans, None, None)}
+    return [indent + line for line in lines], scope
+
+
+LOCAL_NAMES = frozenset({"plan", "st", "tensors", "a", "d", "key", "out"})  # and p0, p1, ...
 
 
 _HOOKS = ("launch_enter_hook", "launch_exit_hook")
@@ -189,7 +239,7 @@ def _front_scope(plans: dict, fn, slow) -> dict:
     return {**{f"hook{i}": value for i, value in enumerate(_hooks_now())},
             "state": launch._state, "planmod": sys.modules[__name__], "launchmod": launch, "JIT": launch.JITFunction,
             "rt": launch._knobs.runtime, "hooks": launch._hooks_active, "counted": launch._counted,
-            "current_stream": launch.current_stream, "plans": plans, "fn": fn, "slow": slow,
+            "plans": plans, "fn": fn, "slow": slow,
             "Replay": types.FunctionType}
 
 

@@ -370,3 +370,48 @@ def test_lean_launch_plans_only_plain_parameter_types():
     assert lean_launch.plan(kernel({"a": ("*fp32", "i32")}), 1) is None  # a tuple parameter
     assert lean_launch.plan(kernel({"a": "*fp32"}, (4, 2, 0, 2, 1, 1)), 1) is None  # a cluster of 2 CTAs
     assert lean_launch.plan(kernel({"a": "*fp32"}, (4, 1, 64)), 1) == (b"P", (0,), 128, 64)  # Triton 3.6's 3-tuple
+
+
+def test_a_functional_route_replays_its_adapters_plan_inline(fake):
+    """A route over a planned adapter (enable()'s F.softmax) replays the plan the adapter recorded, from the
+    same key, and steps aside for everything a planned call steps aside for."""
+    import collections
+
+    import torch.nn.functional as F
+
+    from kernelgen import functional_routes
+
+    module, _, compiled = fake
+    k = module.k
+
+    def adapter(x, dim, half_to_float):
+        if dim not in (-1, x.dim() - 1):
+            return NotImplemented
+        y = torch.empty_like(x)
+        k[(1,)](x, y, x.numel(), 1.0, BLOCK=16)
+        return y
+
+    planned, ran = _planned(adapter, signature=True)
+    served = collections.Counter()
+    route = functional_routes.make_route(F.softmax, planned, functional_routes.ROUTES["aten::_softmax"], "cpu",
+                                         served, "softmax")
+    assert "plans.get(key)" in route.source  # the replay is inline, not behind the adapter's frame
+    for _ in range(2):  # warms, then records (through the adapter's own entry point)
+        route(torch.randn(4, 16), dim=-1)
+    assert len(ran) == 2 and len(planned.plans) == 1
+    x = torch.randn(4, 16)
+    y = route(x, dim=-1)
+    assert len(ran) == 2 and served["softmax"] == 3  # replayed: the adapter did not run
+    assert _launches(compiled)[-1][9:11] == (x.data_ptr(), y.data_ptr()) and y.shape == x.shape
+    route(x, dim=1)  # 1 is the last dim too, but another argument value: another signature
+    assert len(ran) == 3
+    before = plans.set_replays(False)
+    try:
+        route(x, dim=-1)  # replays off: the adapter runs
+    finally:
+        plans.set_replays(before)
+    assert len(ran) == 4
+    with launch.no_launch():
+        route(x, dim=-1)
+    assert len(ran) == 5
+    assert route(torch.randn(4, 16), dim=0).shape == (4, 16) and served["softmax"] == 6  # NotImplemented: PyTorch's
