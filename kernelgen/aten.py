@@ -36,7 +36,7 @@ class Registration:
     calls: Counter = field(default_factory=Counter)  # op name -> calls served by our kernel
     fallbacks: Counter = field(default_factory=Counter)  # op name -> calls handed back to ATen
     min_numel: dict[str, int] = field(default_factory=dict)  # op name -> smallest input it takes (verified)
-    routes: list[tuple[str, Any]] = field(default_factory=list)  # (torch.nn.functional name, PyTorch's function)
+    routes: list[tuple] = field(default_factory=list)  # (torch.nn.functional name, PyTorch's function, the route)
     arguments: dict[str, Any] = field(default_factory=dict)  # the enable() call that made it, to restore it
 
 
@@ -188,7 +188,7 @@ def enable(
                     )
                     lib.impl(qualified, impl, key, with_keyset=True)
                 route = functional_routes.install(
-                    ov.overload, getattr(module, ov.adapter), be.dispatch_key.lower(), reg.calls, op.name, min_numel)
+                    ov.overload, getattr(module, ov.adapter), be.dispatch_key.lower(), op.name, min_numel)
                 if route is not None:
                     reg.routes.append(route)
                 reg.ops.setdefault(op.name, []).append(ov.overload)
@@ -202,7 +202,7 @@ def disable(backend: str | None = None) -> None:
     for key in keys:
         reg = _active.pop(key, None)
         if reg is not None:
-            for name, original in reversed(reg.routes):
+            for name, original, _ in reversed(reg.routes):
                 functional_routes.remove(name, original)
             reg.library._destroy()
 
@@ -210,7 +210,15 @@ def disable(backend: str | None = None) -> None:
 def enabled() -> dict[str, Any]:
     """What is switched on now: {backend: {op: [overloads]}}, plus call counters for each op."""
     return {
-        reg.backend.name: {"ops": dict(reg.ops), "calls": dict(reg.calls), "fallbacks": dict(reg.fallbacks),
+        reg.backend.name: {"ops": dict(reg.ops), "calls": _served(reg), "fallbacks": dict(reg.fallbacks),
                            "min_numel": dict(reg.min_numel)}
         for reg in _active.values()
     }
+
+
+def _served(reg: Registration) -> dict[str, int]:
+    """Calls served by our kernels, op name -> count: through the dispatcher's override and the routes."""
+    calls = Counter(reg.calls)
+    for _, _, route in reg.routes:
+        calls[route.op_name] += route.served[0]
+    return {op: n for op, n in calls.items() if n}

@@ -86,15 +86,15 @@ def test_calls_a_route_must_not_take_run_pytorchs_function(interpreter):
 
 
 def test_a_route_for_another_device_runs_pytorchs_function():
-    seen, calls = [], {"rms_norm": 0}
+    seen = []
 
     def original(input, normalized_shape, weight=None, eps=None):
         seen.append("original")
         return "pytorch"
 
     route = functional_routes.make_route(original, lambda *a: seen.append("adapter") or "ours",
-                                         functional_routes.ROUTES["aten::rms_norm"], "cuda", calls, "rms_norm")
-    assert route(torch.randn(2, 8), (8,)) == "pytorch" and seen == ["original"] and calls["rms_norm"] == 0
+                                         functional_routes.ROUTES["aten::rms_norm"], "cuda", "rms_norm")
+    assert route(torch.randn(2, 8), (8,)) == "pytorch" and seen == ["original"] and route.served == [0]
     assert route.__wrapped__ is original and route.__name__ == "original"
 
 
@@ -110,8 +110,8 @@ def test_a_functional_with_another_signature_keeps_pytorchs_function():
         return "pytorch"
 
     for original in (renamed, variadic):
-        assert functional_routes.make_route(original, lambda *a: "ours", spec, "cuda", {}, "softmax") is None
-    assert functional_routes.make_route(F.softmax, lambda *a: "ours", spec, "no such device", {}, "softmax") is None
+        assert functional_routes.make_route(original, lambda *a: "ours", spec, "cuda", "softmax") is None
+    assert functional_routes.make_route(F.softmax, lambda *a: "ours", spec, "no such device", "softmax") is None
 
 
 def test_routes_can_be_switched_off(interpreter, monkeypatch):
