@@ -24,7 +24,7 @@ Parts (each bounded in time, each can run alone with --part; all by default, in 
            a sweep of the launch constants of those kernels, to pick defaults from;
 - compile: torch.compile(fullgraph=True) (inductor) of a function calling kernelgen.ops: graph breaks
            (torch._dynamo.explain), result vs eager, time;
-- models:  benchmarks/bench_model_modes.py: Llama-style and Qwen2-style models, eager / kernelgen.patch /
+- models:  benchmarks/bench_model.py: Llama-style and Qwen2-style models, eager / kernelgen.patch /
            FlagGems use_gems / Liger apply_liger_kernel_to_*, prefill, decode, decode in a CUDA graph, logits
            error of every mode vs the float32 model.
 
@@ -301,7 +301,7 @@ def main() -> None:
     backend = "cuda" if args.device == "cuda" else "interpreter"
     get_backend(backend).prepare()
     import bench_kernels_compile as kc
-    import bench_model_modes as mm
+    import bench_model as mm
 
     runners = {"check": part_check, "host": part_host, "device": part_device, "kernels": kc.part_kernels,
                "compile": kc.part_compile}

@@ -1,370 +1,386 @@
-"""A Llama-style model end to end: latency of prefill and decode with and without kernelgen.enable().
+"""Models end to end: one model, several ways of making it faster, side by side (part `models` of
+benchmarks/bench_launch_models.py).
 
-    python benchmarks/bench_model.py --out DIR                 # on the GPU machine: writes DIR/bench_model.json
-    python benchmarks/bench_model.py --apply DIR/bench_model.json   # anywhere: the "bench_model" section of
-                                                                    # benchmarks/RESULTS.md
-    python benchmarks/bench_model.py --tiny --device cpu --out /tmp/bm   # the same code path on the CPU
-                                                                    # (tiny config, Triton's interpreter)
+    python benchmarks/bench_model.py --out DIR [--models llama qwen2] [--quick]   # alone, on the GPU
 
-kernelgen.patch(), Liger-Kernel and FlagGems on the same models (and decode in a CUDA graph) are compared by
-benchmarks/bench_model_modes.py (part `models` of benchmarks/bench_launch_models.py).
+Models: transformers' LlamaForCausalLM and Qwen2ForCausalLM from configs (hidden 4096, 8 layers, 32/8 heads,
+intermediate 14336, vocab 32000; random bf16 weights, norm weights drawn too), as in bench_model_enable.py. Phases:
+prefill (1 x 2048 tokens, no cache), decode (batch 16, one token on a 2048-position KV cache, the cache put
+back after every step) and the same decode step captured in a CUDA graph and replayed.
 
-The model is transformers' LlamaForCausalLM built from a config (hidden 4096, 8 layers, 32 heads, 8 KV heads,
-intermediate 14336, vocab 32000) with random bf16 weights; nothing is downloaded. Two phases:
+Modes (eager first: the float32 reference logits it computes are shared with the others through a file):
+- eager: the model as built;
+- patch: kernelgen.patch(model) (RMSNorm, residual+norm, SwiGLU, RoPE; the loss is not in these phases);
+- liger: Liger-Kernel's apply_liger_kernel_to_llama / _qwen2 on this model instance (rms_norm, swiglu, rope);
+- gems: FlagGems `use_gems()` (if importable); when it fails (a broadcasting mul crashed on Hopper with an
+  illegal memory access), again in a fresh process with `mul` excluded, and the first failure is recorded
+  (for a later model of the same run, straight to the retry).
 
-- prefill: batch 1, 2048 tokens, no cache;
-- decode: batch 16, one new token per sequence on a KV cache of 2048 positions (a DynamicCache filled with
-  random keys and values, passed as past_key_values). The cache's tensors are put back after every step, so
-  every timed step is the same computation on the same (contiguous) cache; the step's torch.cat of the cache
-  is part of what is timed, as it is in transformers' own decoding.
+Every (model, mode) runs in its own subprocess: a kernel that faults poisons its CUDA context, and with it
+every later mode of the same process; in a subprocess the fault is that mode's reported error only.
 
-Three model variants, because what kernelgen can replace depends on how the model calls PyTorch:
+Timing: prefill with do_bench (median, L2 flushed). Decode and the decode graph are timed the same way: 20
+back-to-back steps between two CUDA events after a sync (a serving loop's step time: host cost included
+for the eager step, the replay alone for the graph); `decode_do_bench` keeps do_bench's median of one eager
+step for comparison. transformers takes another path while a CUDA graph is captured (it treats capture as
+tracing: a materialized mask, K and V repeated to every head, masked attention), so the graph is captured
+with that detection off and records the eager step's kernels (`_capture_as_eager`); in eager mode the
+graph as transformers captures it by itself is timed too (decode_graph_transformers_capture), and the
+kernels of one eager step and of one replay are listed from the profiler.
 
-- `shipped`: the model as transformers builds it (SDPA attention, hand-written LlamaRMSNorm): no ATen op
-  kernelgen overrides is called in the forward;
-- `rmsnorm`: the norms swapped for torch.nn.RMSNorm with the same weights (a model-side change: it calls
-  F.rms_norm, i.e. aten::rms_norm), SDPA attention;
-- `rmsnorm+eager_attn`: as `rmsnorm`, with attn_implementation="eager" (its attention calls softmax).
-
-Each variant and phase is timed in modes `eager` (no kernelgen), `verified` (`kernelgen.enable()`, the default
-policy), `by_size` (`kernelgen.enable(by_size=True)`: also ops that win on large inputs only, for those inputs)
-and `correct` (`kernelgen.enable(policy="correct")`), with `triton.testing.do_bench` medians (CUDA
-events) over --rounds rounds; the order of the modes turns by one every round (a drift of clocks or
-temperature over a round hits every mode in every position) and each mode keeps its best median.
-
-Accuracy: the model is built in float32 (float64 for a float32 run) first, and its logits for both phases are
-the reference; then it is cast to the benchmarked dtype. A bf16 model differs from its float32 self by bf16
-rounding carried through every layer, and a kernel that rounds once where ATen rounds twice moves single
-logits by as much as eager's own error, so the check is relative to eager: a mode passes when its mean
-absolute error against the reference is at most CHECK_FACTOR times eager's. The Triton launches and kernelgen
-call counters of one forward are recorded too.
+Accuracy: logits of each mode and phase against the same model run in float32 before the cast (mean and max
+absolute error), next to eager's; the graph replay's logits against the same mode without the graph.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
+import importlib.util
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "RESULTS.md"
-SECTION = "bench_model"
-sys.path.insert(0, str(HERE))
 
 FULL = dict(hidden_size=4096, num_hidden_layers=8, num_attention_heads=32, num_key_value_heads=8,
             intermediate_size=14336, vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5)
 TINY = dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
             intermediate_size=128, vocab_size=128, max_position_embeddings=64, rms_norm_eps=1e-5)
-VARIANTS = {"shipped": (False, "sdpa"), "rmsnorm": (True, "sdpa"), "rmsnorm+eager_attn": (True, "eager")}
-# The reference dtype for each benchmarked dtype, and how much larger than eager's a mode's mean absolute error
-# against that reference may be: a kernel as exact as ATen's lands within a few percent of eager.
-REFERENCE_DTYPE = {"bfloat16": "float32", "float16": "float32", "float32": "float64"}
-CHECK_FACTOR = 1.1
-# Slower than eager by more than this counts as slower (run-to-run noise of a whole-model median).
-NOISE = 0.02
+CLASSES = {"llama": ("LlamaConfig", "LlamaForCausalLM", "apply_liger_kernel_to_llama"),
+           "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", "apply_liger_kernel_to_qwen2")}
+MODES = ("eager", "patch", "patch_attention", "liger", "gems")  # gems last: the slowest to compile, and it faults
+# The package a mode needs: where it is not installed the mode is skipped without starting a child for it
+# (a child imports torch and transformers and builds the model before it would find out).
+MODE_PACKAGES = {"liger": "liger_kernel", "gems": "flag_gems"}
+DEADLINE: float | None = None  # time.time() past which the remaining modes are skipped (set by the caller)
+STEPS = 20  # back-to-back decode steps per timing
+GEMS_FAILED: list = []  # [model, error] once use_gems() failed in this run
 
 
-def build_model(cfg: dict, dtype, device: str):
-    """The model with random weights in `dtype` (the reference dtype: it is cast down after the reference run)."""
+def build(family: str, cfg: dict, dtype, device: str):
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import transformers
 
+    config_name, model_name, _ = CLASSES[family]
     torch.manual_seed(0)
     prev = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            model = LlamaForCausalLM(LlamaConfig(**cfg, attn_implementation="sdpa"))
+            model = getattr(transformers, model_name)(getattr(transformers, config_name)(
+                **cfg, attn_implementation="sdpa"))
     finally:
         torch.set_default_dtype(prev)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "norm" in name:  # transformers initializes norms to ones: draw them so the weight matters
+            if "norm" in name:
                 p.copy_(1 + 0.2 * torch.randn_like(p))
     return model.eval()
 
 
-def use_torch_rms_norm(model) -> int:
-    """Swap the hand-written RMSNorm modules for torch.nn.RMSNorm with the same weight and eps, in place."""
+def _timer(device, quick, tiny):
+    if device == "cuda" and not tiny:
+        from triton.testing import do_bench
+
+        return lambda fn: float(do_bench(fn, warmup=50 if quick else 200, rep=200 if quick else 600,
+                                         return_mode="median"))
+
+    def host_ms(fn):
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+
+    return host_ms
+
+
+def steady_ms(fn, steps=STEPS, repeats=3) -> float:
+    """Best of `repeats` of: `steps` back-to-back calls between two CUDA events, per call."""
     import torch
 
-    n = 0
-    for name, mod in list(model.named_modules()):
-        if type(mod).__name__.endswith("RMSNorm") and not isinstance(mod, torch.nn.RMSNorm):
-            norm = torch.nn.RMSNorm(mod.weight.shape[0], eps=mod.variance_epsilon, device=mod.weight.device,
-                                    dtype=mod.weight.dtype)
-            norm.weight = mod.weight
-            parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent), attr, norm)
-            n += 1
-    return n
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(steps):
+            fn()
+        end.record()
+        end.synchronize()
+        best = min(best, start.elapsed_time(end) / steps)
+    return best
 
 
-def make_inputs(model, cfg: dict, prefill: int, decode_batch: int, device: str):
-    """Prefill ids [1, prefill]; decode ids [decode_batch, 1] with a random KV cache of `prefill` positions."""
-    import torch
-    from transformers import DynamicCache
-
-    g = torch.Generator(device=device).manual_seed(1)
-    prefill_ids = torch.randint(0, cfg["vocab_size"], (1, prefill), device=device, generator=g)
-    decode_ids = torch.randint(0, cfg["vocab_size"], (decode_batch, 1), device=device, generator=g)
-    head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
-    cache = DynamicCache()
-    for layer in range(cfg["num_hidden_layers"]):
-        shape = (decode_batch, cfg["num_key_value_heads"], prefill, head_dim)
-        k = torch.randn(shape, device=device, dtype=model.dtype, generator=g)
-        v = torch.randn(shape, device=device, dtype=model.dtype, generator=g)
-        cache.update(k, v, layer)
-    return prefill_ids, decode_ids, cache
-
-
-def _cache_tensors(cache) -> list:
-    """The (keys, values) of every layer: `cache.layers` in transformers 5.x, key/value lists in 4.x."""
-    if hasattr(cache, "layers"):
-        return [(layer.keys, layer.values) for layer in cache.layers]
-    return list(zip(cache.key_cache, cache.value_cache))
-
-
-def _restore_cache(cache, saved: list) -> None:
-    if hasattr(cache, "layers"):
-        for layer, (k, v) in zip(cache.layers, saved):
-            layer.keys, layer.values = k, v
-    else:
-        cache.key_cache[:], cache.value_cache[:] = [k for k, _ in saved], [v for _, v in saved]
+@contextlib.contextmanager
+def _capture_as_eager():
+    """transformers treats CUDA stream capture as tracing: it then skips the host-side checks that let the
+    eager decode step drop its attention mask, so the captured step materializes a [16, 1, 1, 2049] mask,
+    repeats K and V to all 32 heads (one 280 us copy per tensor and layer on an H200) and runs masked
+    attention, 2.6 ms more GPU work than the eager step. Within this block transformers sees no capture, so
+    the graph records the eager step's own kernels. Safe: a check that needed a host sync would fail the
+    capture loudly rather than record something else."""
+    try:
+        from transformers.utils import import_utils
+    except ImportError:
+        yield None
+        return
+    original = getattr(import_utils, "is_cuda_stream_capturing", None)
+    if original is None:
+        yield None
+        return
+    import_utils.is_cuda_stream_capturing = lambda: False
+    try:
+        yield "transformers.utils.import_utils.is_cuda_stream_capturing reported False during the capture"
+    finally:
+        import_utils.is_cuda_stream_capturing = original
 
 
-def cast_cache(cache, dtype) -> None:
-    """The cache's tensors cast to `dtype`, in place (the reference model's cache becomes the benchmark's)."""
-    _restore_cache(cache, [(k.to(dtype), v.to(dtype)) for k, v in _cache_tensors(cache)])
-
-
-def phase_fns(model, prefill_ids, decode_ids, cache, prefill: int):
+def _graph(fn, as_eager=True):
+    """fn captured in a CUDA graph: (replay, the static output, a note on how it was captured)."""
     import torch
 
-    position = torch.full((decode_ids.shape[0], 1), prefill, device=decode_ids.device)
-    cache_position = torch.tensor([prefill], device=decode_ids.device)
-
-    def run_prefill():
-        with torch.inference_mode():
-            return model(input_ids=prefill_ids, use_cache=False).logits
-
-    def run_decode():
-        saved = _cache_tensors(cache)
-        with torch.inference_mode():
-            logits = model(input_ids=decode_ids, past_key_values=cache, position_ids=position,
-                           cache_position=cache_position, use_cache=True).logits
-        _restore_cache(cache, saved)  # the same `prefill`-position cache for the next step
-        return logits
-
-    return {"prefill": run_prefill, "decode": run_decode}
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with _capture_as_eager() if as_eager else contextlib.nullcontext() as note:
+        with torch.cuda.graph(graph):
+            out = fn()
+    return graph.replay, out, note
 
 
-def enable_mode(mode: str, backend: str):
+def kernel_table(fn, top=12) -> list:
+    """The GPU kernels of one call of fn, from the profiler: [name, count, total us], the longest first."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    rows = [(e.key[:90], e.count, round(e.device_time_total, 1)) for e in prof.key_averages()
+            if e.device_time_total > 0]
+    rows = sorted(rows, key=lambda r: -r[2])
+    # the rest summed in one row, so the table adds up to the GPU time of the call
+    rest = rows[top:]
+    return rows[:top] + ([("(all other kernels)", sum(r[1] for r in rest), round(sum(r[2] for r in rest), 1))]
+                         if rest else [])
+
+
+def _enter_mode(mode, model, family, backend, policy, gems_exclude=()):
+    """Switch the mode on; returns (exit function, details)."""
     import kernelgen
 
-    kernelgen.disable()
     if mode == "eager":
-        return []
-    kwargs = {"verified": {}, "by_size": {"by_size": True}, "correct": {"policy": "correct"},
-              "all": {"policy": "all"}}[mode]
-    return kernelgen.enable(backend=backend, **kwargs)
+        return (lambda: None), {}
+    if mode in ("patch", "patch_attention"):  # patch_attention: decode attention too (opt-in in patch())
+        from kernelgen.patch_models import LIBRARY_OPS
+
+        include = list(LIBRARY_OPS) if mode == "patch_attention" else None
+        info = kernelgen.patch(model, backend=backend, policy=policy, include=include)
+        return (lambda: kernelgen.unpatch(model)), info
+    if mode == "gems":
+        import flag_gems
+
+        details = {"flag_gems": getattr(flag_gems, "__version__", "?")}
+        if not gems_exclude:
+            ctx = flag_gems.use_gems()
+        else:
+            for kw in ("exclude", "unused"):
+                try:
+                    ctx = flag_gems.use_gems(**{kw: list(gems_exclude)})
+                    break
+                except TypeError:
+                    continue
+            else:
+                raise RuntimeError("this FlagGems' use_gems() takes no exclusion list")
+            details["excluded"] = list(gems_exclude)
+        ctx.__enter__()
+        return (lambda: ctx.__exit__(None, None, None)), details
+    if mode == "liger":
+        import liger_kernel
+        import liger_kernel.transformers as lt
+
+        apply = getattr(lt, CLASSES[family][2])
+        apply(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False,
+              model=model)
+        return (lambda: None), {"liger_kernel": getattr(liger_kernel, "__version__", "?")}
+    raise ValueError(mode)
 
 
-def errors(logits, reference) -> dict:
-    """Mean and max absolute error of logits against the higher-precision reference."""
-    diff = (logits.to(reference.dtype) - reference).abs()
-    return {"mean_abs_err": diff.mean().item(), "max_abs_err": diff.max().item()}
-
-
-def check(logits, eager_logits, reference) -> dict:
-    err, eager_err = errors(logits, reference), errors(eager_logits, reference)
-    return {**err, "eager_mean_abs_err": eager_err["mean_abs_err"], "eager_max_abs_err": eager_err["max_abs_err"],
-            "max_abs_diff_vs_eager": (logits.float() - eager_logits.float()).abs().max().item(),
-            "passed": err["mean_abs_err"] <= CHECK_FACTOR * eager_err["mean_abs_err"]}
-
-
-def run(args) -> dict:
+def run_mode(family, mode, device, backend, tiny, quick, policy, refs_path: Path, gems_exclude=()) -> dict:
+    """One model in one mode (in this process): errors vs the float32 reference, timings."""
     import torch
+    from bench_model_enable import cast_cache, errors, make_inputs, phase_fns
 
-    import kernelgen
-    from kernelgen.backends import get_backend
-    from kernelgen.verify.engine import versions
-    from kernelgen.verify.guard import count_launches
-
-    backend = get_backend(args.backend)
-    backend.prepare()
-    cfg = TINY if args.tiny else FULL
-    dtype = getattr(torch, args.dtype)
-    started = time.time()
-    model = build_model(cfg, getattr(torch, REFERENCE_DTYPE[args.dtype]), args.device)
-    prefill_ids, decode_ids, cache = make_inputs(model, cfg, args.prefill, args.decode_batch, args.device)
-    fns = phase_fns(model, prefill_ids, decode_ids, cache, args.prefill)
-    references = {phase: fn() for phase, fn in fns.items()}  # the same model and inputs, before the cast
-    for param in model.parameters():  # buffers keep their dtype: rotary inv_freq stays float32, as it is in
-        param.data = param.data.to(dtype)  # a model loaded with from_pretrained(dtype=...)
-    cast_cache(cache, dtype)
-    bundle = {
-        "command": "python benchmarks/bench_model.py " + " ".join(sys.argv[1:]),
-        "backend": backend.name, "device": backend.device_name(), "versions": versions(),
-        "transformers": __import__("transformers").__version__, "config": cfg, "dtype": args.dtype,
-        "prefill": args.prefill, "decode_batch": args.decode_batch, "modes": args.modes, "variants": [],
-        "reference_dtype": REFERENCE_DTYPE[args.dtype], "check_factor": CHECK_FACTOR, "rounds": args.rounds,
-    }
-    for variant in args.variants:
-        swap, attn = VARIANTS[variant]
-        if swap:
-            use_torch_rms_norm(model)  # variants are in order: once swapped, the later ones keep it
-        if hasattr(model, "set_attn_implementation"):
-            model.set_attn_implementation(attn)
-        else:  # older transformers read the config at every forward
-            model.config._attn_implementation = attn
-        entry = {"variant": variant, "attn": attn, "torch_rms_norm": swap, "phases": {}}
-        for phase, fn in fns.items():
-            per_mode, eager_logits = {}, None
-            for mode in args.modes:
-                enabled = enable_mode(mode, backend.name)
-                with count_launches() as launches:
-                    logits = fn()
-                backend.synchronize()
-                st = kernelgen.status().get(backend.name, {})
-                if eager_logits is None:
-                    eager_logits = logits.clone()
-                per_mode[mode] = {"enabled": enabled, "launches": dict(launches.launches),
-                                  "calls": st.get("calls", {}), "fallbacks": st.get("fallbacks", {}),
-                                  "check": check(logits, eager_logits, references[phase]), "samples_ms": []}
-            n = len(args.modes)
-            for r in range(args.rounds):  # the order turns every round: a drift hits every mode in every place
-                for mode in args.modes[r % n:] + args.modes[:r % n]:
-                    enable_mode(mode, backend.name)
-                    per_mode[mode]["samples_ms"].append(backend.bench(fn, warmup_ms=args.warmup_ms,
-                                                                      rep_ms=args.rep_ms))
-            kernelgen.disable()
-            for r in per_mode.values():
-                r["ms"] = min(r["samples_ms"])
-            eager_ms = per_mode["eager"]["ms"]
-            for r in per_mode.values():
-                r["speedup"] = eager_ms / r["ms"]
-                r["slower"] = r["ms"] > eager_ms * (1 + NOISE)
-            entry["phases"][phase] = per_mode
-            summary = ", ".join(f"{m} {r['ms']:.3f} ms ({r['speedup']:.3f}x, rounds "
-                                f"{'/'.join(f'{x:.3f}' for x in r['samples_ms'])}, calls {r['calls']}, "
-                                f"fallbacks {r['fallbacks']}, check {'ok' if r['check']['passed'] else 'FAIL'} "
-                                f"{r['check']['mean_abs_err']:.3g})" for m, r in per_mode.items())
-            print(f"{variant:20s} {phase:8s} {summary}", flush=True)
-        bundle["variants"].append(entry)
-    bundle["wall_s"] = time.time() - started
-    return bundle
+    cfg = TINY if tiny else FULL
+    prefill, batch = (8, 2) if tiny else (2048, 16)
+    model = build(family, cfg, torch.float32, device)
+    prefill_ids, decode_ids, cache = make_inputs(model, cfg, prefill, batch, device)
+    fns = phase_fns(model, prefill_ids, decode_ids, cache, prefill)
+    if refs_path.exists():
+        references = torch.load(refs_path, map_location=device)
+    else:  # the first mode computes the float32 references for all
+        references = {phase: fn() for phase, fn in fns.items()}
+        torch.save(references, refs_path)
+    for p in model.parameters():
+        p.data = p.data.to(torch.bfloat16 if device == "cuda" else torch.float32)
+    cast_cache(cache, model.dtype)
+    timer = _timer(device, quick, tiny)
+    cuda = device == "cuda" and not tiny
+    row = {}
+    try:
+        leave, row["details"] = _enter_mode(mode, model, family, backend, policy, gems_exclude)
+    except Exception as exc:  # noqa: BLE001 - an optional package missing or failing to apply
+        return {"skipped": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    try:
+        logits = {phase: fn() for phase, fn in fns.items()}
+        row["errors"] = {phase: errors(logits[phase], references[phase]) for phase in fns}
+        row["logits_finite"] = {phase: bool(torch.isfinite(logits[phase]).all()) for phase in fns}
+        row["ms"] = {"prefill": timer(fns["prefill"])}
+        row["ms"]["decode"] = steady_ms(fns["decode"]) if cuda else timer(fns["decode"])
+        if cuda:
+            row["ms"]["decode_do_bench"] = timer(fns["decode"])
+            try:
+                replay, static, row["graph_capture"] = _graph(fns["decode"])
+                replay()
+                torch.cuda.synchronize()
+                row["graph_max_abs_diff_vs_eager_step"] = (static.float() - logits["decode"].float()).abs().max().item()
+                row["errors"]["decode_graph"] = errors(static, references["decode"])
+                row["ms"]["decode_graph"] = steady_ms(replay)
+                if mode in ("eager", "patch"):
+                    row["kernels_decode_graph"] = kernel_table(replay, top=20)
+                    row["kernels_prefill"] = kernel_table(fns["prefill"], top=20)
+                if mode == "eager":
+                    row["kernels_decode"] = kernel_table(fns["decode"])
+                    # the graph as transformers captures it by itself, for the record
+                    replay_own, _, _ = _graph(fns["decode"], as_eager=False)
+                    row["ms"]["decode_graph_transformers_capture"] = steady_ms(replay_own)
+            except Exception as exc:  # noqa: BLE001
+                row["graph_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    except Exception as exc:  # noqa: BLE001 - reported for this mode (a fault also ends this process)
+        row["error"] = f"{type(exc).__name__}: {str(exc)[:500]}"
+    finally:
+        try:
+            leave()
+        except Exception:  # noqa: BLE001 - a faulted context fails here too; the error is recorded above
+            pass
+    return row
 
 
-def _calls(r: dict) -> str:
-    parts = [f"{op} x{n}" for op, n in sorted(r["calls"].items())]
-    parts += [f"{op} fell back x{n}" for op, n in sorted(r["fallbacks"].items())]
-    return ", ".join(parts) or "none"
+def _child(family, mode, args, refs_path: Path, gems_exclude=()) -> dict:
+    """run_mode in a fresh process; its row, or the reason there is none."""
+    # A child started before the deadline may finish past it, by at most a minute.
+    timeout = 300 if DEADLINE is None else max(30, int(DEADLINE - time.time()) + 60)
+    with tempfile.TemporaryDirectory() as tmp:
+        row_path = Path(tmp) / "row.json"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--one", family, mode, "--row-out", str(row_path),
+               "--refs", str(refs_path), "--device", args["device"], "--patch-policy", args["policy"]]
+        cmd += ["--tiny"] * args["tiny"] + ["--quick"] * args["quick"]
+        if gems_exclude:
+            cmd += ["--gems-exclude", *gems_exclude]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                                  env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {timeout} s"}
+        if row_path.exists():
+            return json.loads(row_path.read_text())
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-6:]
+        return {"error": f"exit code {proc.returncode}: " + " | ".join(tail)[-600:]}
 
 
-def render(bundle: dict) -> str:
-    v, c = bundle["versions"], bundle["config"]
-    modes = bundle["modes"]
-    lines = [
-        "## A Llama-style model end to end (bench_model)",
-        "",
-        f"Command: `{bundle['command']}` (then `--apply`). Device: {bundle['device']}; torch {v['torch']}, "
-        f"triton {v['triton']}, transformers {bundle['transformers']}. Whole run: {bundle['wall_s']:.0f} s.",
-        "",
-        f"LlamaForCausalLM from a config, random {bundle['dtype']} weights: hidden {c['hidden_size']}, "
-        f"{c['num_hidden_layers']} layers, {c['num_attention_heads']} heads / {c['num_key_value_heads']} KV heads, "
-        f"intermediate {c['intermediate_size']}, vocab {c['vocab_size']}. Prefill: batch 1, {bundle['prefill']} "
-        f"tokens. Decode: batch {bundle['decode_batch']}, 1 token on a KV cache of {bundle['prefill']} positions. "
-        "Times are `triton.testing.do_bench` medians of the whole forward in ms (best of the rounds); "
-        "`verified` = `kernelgen.enable()`, `by_size` = `kernelgen.enable(by_size=True)`, `correct` = "
-        "`kernelgen.enable(policy=\"correct\")`. Calls: what "
-        "kernelgen served in one forward (and handed back to ATen). Error: mean absolute error of the logits "
-        f"against the same model in {bundle['reference_dtype']} (eager's own error first); a mode passes when "
-        f"its error is at most {bundle['check_factor']}x eager's.",
-        "",
-        "| variant | phase | " + " | ".join(f"{m} ms" for m in modes) + " | "
-        + " | ".join(f"{m} calls" for m in modes if m != "eager") + " | error vs reference |",
-        "|---|---|" + "---:|" * len(modes) + "---|" * (len(modes) - 1) + "---|",
-    ]
-    slower = []
-    for entry in bundle["variants"]:
-        for phase, per_mode in entry["phases"].items():
-            times = []
-            for m in modes:
-                r = per_mode[m]
-                times.append(f"{r['ms']:.3f}" + ("" if m == "eager" else f" ({r['speedup']:.2f}x)"))
-                if m == "verified" and r["slower"]:
-                    eager = per_mode["eager"]["ms"]
-                    slower.append(f"{entry['variant']} {phase}: {r['ms']:.3f} ms vs eager {eager:.3f}")
-            calls = [_calls(per_mode[m]) for m in modes if m != "eager"]
-            checks = f"eager {per_mode['eager']['check']['mean_abs_err']:.3g}; " + ", ".join(
-                f"{m} {per_mode[m]['check']['mean_abs_err']:.3g} {'ok' if per_mode[m]['check']['passed'] else 'FAIL'}"
-                for m in modes if m != "eager")
-            lines.append(f"| {entry['variant']} | {phase} | " + " | ".join(times) + " | " + " | ".join(calls)
-                         + f" | {checks} |")
-    first = bundle["variants"][0]["phases"]["prefill"] if bundle["variants"] else {}
-    lines += ["", "Switched on: " + "; ".join(f"`{m}`: {', '.join(first[m]['enabled']) or 'nothing'}"
-                                             for m in modes if m != "eager" and m in first) + "."]
-    lines += ["", "Variants: `shipped` = the model as transformers builds it (SDPA attention, hand-written "
-              "LlamaRMSNorm: no overridden ATen op is called); `rmsnorm` = norms swapped for torch.nn.RMSNorm "
-              "with the same weights (calls aten::rms_norm); `rmsnorm+eager_attn` = also "
-              "attn_implementation=\"eager\" (its attention calls aten::_softmax)."]
-    if slower:
-        lines += ["", f"**The default policy was slower than eager (by more than {NOISE:.0%}):**",
-                  *[f"- {s}" for s in slower]]
-    else:
-        lines += ["", f"The default policy (`verified`) was nowhere slower than eager by more than {NOISE:.0%}."]
-    return "\n".join(lines) + "\n"
+def run_family(family, device, backend, tiny, quick, policy) -> dict:
+    cfg = TINY if tiny else FULL
+    out = {"config": cfg, "prefill": 8 if tiny else 2048, "decode_batch": 2 if tiny else 16, "modes": {}}
+    args = {"device": device, "policy": policy, "tiny": tiny, "quick": quick}
+    eager_ms = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        refs = Path(tmp) / "references.pt"
+        for mode in MODES:
+            if DEADLINE is not None and time.time() > DEADLINE:
+                out["modes"][mode] = {"skipped": "time budget of the part spent (--part-budget-s)"}
+                continue
+            package = MODE_PACKAGES.get(mode)
+            if package and importlib.util.find_spec(package) is None:
+                row = {"skipped": f"ModuleNotFoundError: No module named {package!r}"}
+            elif mode == "gems" and GEMS_FAILED:
+                # use_gems() faulted on an earlier model of this run: straight to the retry, said so
+                row = _child(family, mode, args, refs, gems_exclude=("mul",))
+                row["gems_full_failed"] = f"not retried here; on {GEMS_FAILED[0]}: {GEMS_FAILED[1]}"
+            else:
+                row = _child(family, mode, args, refs)
+            failed = "error" in row or "graph_error" in row or not all(row.get("logits_finite", {True: True}).values())
+            if mode == "gems" and failed and "gems_full_failed" not in row:
+                first = row.get("error") or row.get("graph_error") or "logits not finite (NaN or inf)"
+                GEMS_FAILED[:] = [family, first[:200]]
+                row = _child(family, mode, args, refs, gems_exclude=("mul",))
+                row["gems_full_failed"] = first
+            if mode == "eager":
+                eager_ms = dict(row.get("ms", {}))
+            row["speedup"] = {k: eager_ms[k] / v for k, v in row.get("ms", {}).items() if k in eager_ms and v}
+            out["modes"][mode] = row
+            print(f"models {family} {mode}: " + ", ".join(f"{k} {v:.3f} ms ({row['speedup'].get(k, 0):.2f}x)"
+                                                           for k, v in row.get("ms", {}).items())
+                  + (f" [{row.get('error') or row.get('graph_error')}]" if row.get("error") or row.get("graph_error")
+                     else "") + (f" (use_gems() failed first: {row['gems_full_failed'][:200]})"
+                                 if row.get("gems_full_failed") else ""), flush=True)
+    return out
+
+
+def part_models(device, backend, tiny, quick, policy, families) -> dict:
+    try:
+        import transformers
+    except ImportError as exc:
+        return {"skipped": f"transformers is not installed ({exc})"}
+    out = {"transformers": transformers.__version__, "patch_policy": policy, "families": {}}
+    for family in families:
+        out["families"][family] = run_family(family, device, backend, tiny, quick, policy)
+    return out
 
 
 def main() -> None:
+    import argparse
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tiny", action="store_true", help="a tiny config (1 layer, hidden 64) to check the code path")
+    ap.add_argument("--out", type=Path, help="writes DIR/bench_model.json")
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--backend", help="kernelgen backend (default: cuda on a GPU, interpreter on the CPU)")
-    ap.add_argument("--dtype", choices=sorted(REFERENCE_DTYPE),
-                    help="default bfloat16; float32 with --tiny: Triton's interpreter truncates float32 -> bfloat16 "
-                    "casts (the GPU rounds to nearest), which doubles the bf16 error of every kernel there")
-    ap.add_argument("--prefill", type=int, help="prefill tokens = decode cache length (default 2048; tiny: 8)")
-    ap.add_argument("--decode-batch", type=int, help="decode batch (default 16; tiny: 2)")
-    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
-    ap.add_argument("--modes", nargs="*", help="eager verified by_size correct [all] (default: all but all; "
-                    "tiny adds all, since the interpreter has no speed records)")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--warmup-ms", type=float, default=100)
-    ap.add_argument("--rep-ms", type=float, default=1000)
-    ap.add_argument("--out", type=Path, help="write bench_model.json here instead of applying it")
-    ap.add_argument("--apply", type=Path, help="write a bench_model.json measured elsewhere into RESULTS.md")
+    ap.add_argument("--tiny", action="store_true", help="tiny models (the CPU path through Triton's interpreter)")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--patch-policy", default="all", choices=("verified", "all"))
+    ap.add_argument("--models", nargs="*", default=list(CLASSES), choices=list(CLASSES))
+    ap.add_argument("--one", nargs=2, metavar=("FAMILY", "MODE"), help=argparse.SUPPRESS)  # a child process
+    ap.add_argument("--row-out", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--refs", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--gems-exclude", nargs="*", default=[], help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.apply:
-        from bench_ops import update_section
-
-        update_section(RESULTS, SECTION, render(json.loads(args.apply.read_text())))
-        return
     if args.device == "cpu":
-        os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
-    args.backend = args.backend or ("cuda" if args.device.startswith("cuda") else "interpreter")
-    args.dtype = args.dtype or ("float32" if args.tiny else "bfloat16")
-    args.prefill = args.prefill or (8 if args.tiny else 2048)
-    args.decode_batch = args.decode_batch or (2 if args.tiny else 16)
-    args.modes = args.modes or ["eager", "verified", "by_size", "correct"] + (["all"] if args.tiny else [])
-    args.variants = [v for v in VARIANTS if v in args.variants]  # the norm swap is one-way: shipped goes first
-    if args.modes[0] != "eager":
-        ap.error("--modes must start with eager (the reference)")
-    if args.tiny:
-        args.rep_ms, args.warmup_ms, args.rounds = min(args.rep_ms, 50), min(args.warmup_ms, 10), 1
-    bundle = run(args)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "bench_model.json").write_text(json.dumps(bundle, indent=1, default=str))
-    else:
-        from bench_ops import update_section
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from kernelgen.backends import get_backend
 
-        update_section(RESULTS, SECTION, render(bundle))
-    print(render(bundle))
+    backend = "cuda" if args.device == "cuda" else "interpreter"
+    get_backend(backend).prepare()
+    if args.one:
+        row = run_mode(*args.one, args.device, backend, args.tiny, args.quick, args.patch_policy, args.refs,
+                       tuple(args.gems_exclude))
+        args.row_out.write_text(json.dumps(row, default=str))
+        return
+    if args.out is None:
+        ap.error("--out is required")
+    result = part_models(args.device, backend, args.tiny, args.quick, args.patch_policy, args.models)
+    result["command"] = "python benchmarks/bench_model.py " + " ".join(sys.argv[1:])
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_model.json").write_text(json.dumps(result, indent=2, default=str))
+    print(f"wrote {args.out / 'bench_model.json'}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python benchmarks/step_gaps.py --out DIR [--modes eager patch patch_attention]
 
-For the Llama-style model of bench_model_modes (hidden 4096, 8 layers, bf16) and each mode, after warm-up:
+For the Llama-style model of bench_model (hidden 4096, 8 layers, bf16) and each mode, after warm-up:
 - the host time to enqueue one prefill and one decode step (no synchronization inside the timed region),
   against the GPU time of the same call (the profiler's kernel total), and the call's wall time from an
   idle GPU to its end;
@@ -102,9 +102,9 @@ def _gaps(fn) -> dict:
 
 
 def main() -> None:
-    import bench_model_modes as mm
+    import bench_model as mm
     import torch
-    from bench_model import cast_cache, make_inputs, phase_fns
+    from bench_model_enable import cast_cache, make_inputs, phase_fns
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
