@@ -36,6 +36,7 @@ from __future__ import annotations
 import ast
 import functools
 import os
+import struct
 import sys
 import types
 
@@ -365,12 +366,20 @@ def _output_expr(out, inputs, buffers, src: _Source) -> str:
     raise _Unplannable
 
 
-def _buffer_expr(t: torch.Tensor, zeroed: bool, inputs, src: _Source) -> str:
+def _like_input(t: torch.Tensor, zeroed: bool, inputs) -> int | None:
+    """The input whose empty_like is this allocation, if one is."""
     for i, x in enumerate(inputs):
         # empty_like keeps the strides of a dense input, so the same metadata means the same buffer
         if (x.shape == t.shape and x.stride() == t.stride() and x.dtype == t.dtype and x.device == t.device
                 and x.is_contiguous() and not zeroed):
-            return f"empty_like(t{i})"
+            return i
+    return None
+
+
+def _buffer_expr(t: torch.Tensor, zeroed: bool, inputs, src: _Source) -> str:
+    i = _like_input(t, zeroed, inputs)
+    if i is not None:
+        return f"empty_like(t{i})"
     expr = (f"empty_strided({src.bind(tuple(t.shape))}, {src.bind(tuple(t.stride()))}, dtype={src.bind(t.dtype)}, "
             f"device={src.bind(t.device)})")
     return expr + ".zero_()" if zeroed else expr
@@ -405,6 +414,62 @@ def _lean_launch(entry, n_args: int, direct):
     return None if plan is None else (c_launch, plan)
 
 
+def _one_call(launches: list, watch: _Watch, out, inputs: list, owners: list, src: _Source) -> bool:
+    """Fill src with a replay that is one call of kernelgen's C++ replay (kernelgen/lean_replay.py): the
+    allocations and every launch in C++. False (src untouched) where it does not cover the call: a launch the
+    lean C launch does not cover, a scalar its parameter type cannot hold, an allocation off CUDA."""
+    from kernelgen import lean_replay
+
+    if not launches:
+        return False
+    module = lean_replay.module()
+    if module is None:
+        return False
+    specs = []
+    for entry, grid, args in launches:
+        lean = _lean_launch(entry, len(args), _direct_launch(entry.run))
+        if lean is None:
+            return False
+        _, (codes, positions, threads, shared) = lean
+        params = []
+        for position, code in zip(positions, codes.decode()):
+            a = args[position]
+            if isinstance(a, torch.Tensor):
+                kind, i, offset = _owner(a.data_ptr(), owners)
+                params.append((i if kind == "input" else len(inputs) + i, offset, 0))
+                continue
+            try:
+                params.append((-1, 0, lean_replay.scalar_bits(code, a)))
+            except (struct.error, TypeError, KeyError, OverflowError):
+                return False
+        if type(entry.function) is not int:
+            return False
+        specs.append((*(int(v) for v in grid), entry.function, threads, shared, tuple(params)))
+    allocs, devices = [], set()
+    for t, zeroed in watch.allocations:
+        like = _like_input(t, zeroed, inputs)
+        if like is None:
+            devices.add(t.device)  # allocated on the plan's CUDA device (empty_like: on its argument's)
+        allocs.append((-1 if like is None else like, tuple(t.shape), tuple(t.stride()), t.dtype, bool(zeroed)))
+    if any(d.type != "cuda" for d in devices) or len(devices) > 1:
+        return False
+    device = next(iter(devices)).index if devices else 0
+    buffers = [t for t, _ in watch.allocations]
+    result = _output_expr(out, inputs, buffers, src)
+    single = result.startswith("b") and result[1:].isdigit()  # the call returns one allocation as it is
+    try:
+        plan = module.make(len(inputs), device or 0, int(result[1:]) if single else -1, tuple(allocs), tuple(specs))
+    except (TypeError, ValueError, OverflowError):
+        return False
+    call = f"{src.bind(module.run)}({src.bind(plan)}, stream{''.join(f', t{i}' for i in range(len(inputs)))})"
+    if single:
+        src.lines.append(f"return {call}")
+    else:
+        src.lines.append(f"{''.join(f'b{j}, ' for j in range(len(buffers)))}= {call}" if buffers else call)
+        src.lines.append(f"return {result}")
+    return True
+
+
 def build(launches: list, watch: _Watch, out, inputs: list) -> types.FunctionType:
     """The replay function `replay(t0, t1, ..., stream)` of a recorded call, or raise _Unplannable."""
     if watch.computes is not None:
@@ -412,6 +477,8 @@ def build(launches: list, watch: _Watch, out, inputs: list) -> types.FunctionTyp
     buffers = [t for t, _ in watch.allocations]
     owners = [("input", i, t) for i, t in enumerate(inputs)] + [("buffer", j, b) for j, b in enumerate(buffers)]
     src = _Source()
+    if _one_call(launches, watch, out, inputs, owners, src):
+        return _compiled_replay(src, len(inputs))
     for j, (t, zeroed) in enumerate(watch.allocations):
         src.lines.append(f"b{j} = {_buffer_expr(t, zeroed, inputs, src)}")
     for entry, grid, args in launches:
@@ -438,7 +505,11 @@ def build(launches: list, watch: _Watch, out, inputs: list) -> types.FunctionTyp
             head = f"{src.bind(entry.run)}({g}, stream, {src.bind(entry.function)}, {src.bind(entry.metadata)}"
         src.lines.append(f"{head}, None, None, None, {', '.join(call_args)})")
     src.lines.append(f"return {_output_expr(out, inputs, buffers, src)}")
-    params = "".join(f"t{i}, " for i in range(len(inputs)))
+    return _compiled_replay(src, len(inputs))
+
+
+def _compiled_replay(src: _Source, n_inputs: int) -> types.FunctionType:
+    params = "".join(f"t{i}, " for i in range(n_inputs))
     code = f"def replay({params}stream):\n" + "".join(f"    {line}\n" for line in src.lines)
     exec(code, src.scope)  # noqa: S102 - source built above from recorded positions; objects are bound by name
     replay = src.scope["replay"]

@@ -412,3 +412,76 @@ def test_a_functional_route_replays_its_adapters_plan_inline(fake):
         route(x, dim=-1)
     assert len(ran) == 5
     assert route(torch.randn(4, 16), dim=0).shape == (4, 16) and route.served == [6]  # NotImplemented: PyTorch's
+
+
+def test_replays_are_one_call_of_the_cpp_replay_where_it_covers_them(fake, monkeypatch):
+    """With kernelgen's C++ replay (kernelgen/lean_replay.py) available, a plan whose launches the lean C
+    launch covers becomes one call: the allocations (as empty_like of an argument, or zeroed), every launch's
+    grid, function, threads, shared memory and parameters (tensors by index and byte offset, scalars packed by
+    type), and which allocation the call returns; a result built around the allocations is built in Python."""
+    import struct
+    import types as pytypes
+
+    import triton
+    from fake_triton import FakeCompiled
+
+    from kernelgen import lean_launch, lean_replay
+
+    module, _, compiled = fake
+    made, runs = [], []
+
+    class FakeReplayModule:
+        @staticmethod
+        def make(*description):
+            made.append(description)
+            return ("plan", len(made))
+
+        @staticmethod
+        def run(plan, stream, *tensors):
+            runs.append((plan, stream, tensors))
+            _, _, returned, allocs, _ = made[plan[1] - 1]
+            buffers = tuple(torch.zeros(a[1]) if a[4] else torch.empty_like(tensors[a[0]]) for a in allocs)
+            return buffers[returned] if returned >= 0 else buffers
+
+    class Launcher36:
+        global_scratch_size = profile_scratch_size = 0
+        launch_cooperative_grid = launch_pdl = False
+
+        def __call__(self, *args):
+            pass
+
+        def launch(self, *args):
+            pytest.fail("Triton's C launch ran")
+
+    monkeypatch.setattr(triton, "__version__", "3.6.0")
+    monkeypatch.setattr(FakeCompiled, "run", Launcher36())
+    monkeypatch.setattr(lean_launch, "launcher", lambda: lambda *args: pytest.fail("the Python replay ran"))
+    monkeypatch.setattr(lean_replay, "module", lambda: FakeReplayModule)
+
+    def launcher(x, both=False):
+        y = torch.empty_like(x)
+        module.k[(3,)](x[4:], y, 16, 1.5, BLOCK=16)
+        return (y, x) if both else y
+
+    for both in (False, True):
+        fn, ran = _planned(launcher)
+        fn(torch.randn(32), both)  # compiles (fake): now give the kernel Triton's signature and metadata
+        (c,) = compiled.values()
+        c.src = pytypes.SimpleNamespace(signature={"x_ptr": "*fp32", "y_ptr": "*fp32", "n": "i32", "scale": "fp32",
+                                                   "BLOCK": "constexpr", "FLAG": "constexpr"})
+        c.packed_metadata, c.function = (4, 1, 512), 4242  # a CUfunction handle is an integer
+        for entry in module.k.launch_cache().values():
+            entry.function = c.function
+        fn(torch.randn(32), both)  # records the plan
+        x = torch.randn(32)
+        out = fn(x, both)
+        assert len(ran) == 2 and runs[-1][1:] == (777, (x,))  # replayed: one call, this stream, this argument
+        n_inputs, device, returned, allocs, launches = made[-1]
+        assert (n_inputs, allocs) == (1, ((0, (32,), (1,), torch.float32, False),))
+        bits = (16, int.from_bytes(struct.pack("<f", 1.5), "little"))
+        # x[4:] is the argument's pointer plus 16 bytes; y is the allocation (tensor 1: after the one argument)
+        assert launches == ((3, 1, 1, 4242, 128, 512, ((0, 16, 0), (1, 0, 0), (-1, 0, bits[0]), (-1, 0, bits[1]))),)
+        if both:
+            assert returned == -1 and out[1] is x and out[0].shape == x.shape
+        else:
+            assert returned == 0 and out.shape == x.shape and "return c" in fn.plans[next(iter(fn.plans))].source

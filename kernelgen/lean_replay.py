@@ -1,0 +1,305 @@
+"""A whole plan replay in one C++ call, for launch plans (kernelgen/plans.py) on CUDA with Triton 3.6.
+
+A replay in Python allocates its outputs with `torch.empty_like` (about 2 us of host time on a server CPU:
+argument parsing, the dispatcher, wrapping the result) and then calls the lean C launch once per kernel
+with every pointer read through `data_ptr()`. Here a recorded plan becomes one C++ object: `run(plan,
+stream, t0, t1, ...)` allocates the buffers with ATen directly, reads the pointers from the tensors, packs
+every parameter from what was recorded and calls cuLaunchKernel for each launch, then hands back the one
+buffer the call returns (or all of them, for Python to build the result from).
+
+It covers the plans whose every launch the lean C launch covers (kernelgen/lean_launch.py: one CTA per
+program, no cooperative grid, PDL or scratch, plain parameter types) and whose pointers all lie in arguments
+or allocations. The module is compiled once per machine against the installed torch (a C++ compiler and
+torch's headers; about 10 s) and cached; where it cannot be built, replays stay in Python.
+KERNELGEN_LEAN_REPLAY=0 turns it off (KERNELGEN_LEAN_LAUNCH=0 too).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+_SOURCE = r"""
+#include <Python.h>
+#include <torch/csrc/autograd/python_variable.h>
+#include <torch/csrc/Dtype.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/empty_strided.h>
+#include "cuda.h"
+#include <dlfcn.h>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+typedef CUresult (*launch_t)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
+                             CUstream, void**, void**);
+typedef CUresult (*ctx_get_t)(CUcontext*);
+typedef CUresult (*error_string_t)(CUresult, const char**);
+static launch_t launch_kernel = nullptr;
+static ctx_get_t ctx_get_current = nullptr;
+static error_string_t error_string = nullptr;
+
+static bool load_driver() {
+  if (launch_kernel) return true;
+  void* lib = dlopen("libcuda.so.1", RTLD_LAZY);
+  if (!lib) { PyErr_SetString(PyExc_RuntimeError, "kernelgen lean replay: cannot open libcuda.so.1"); return false; }
+  launch_kernel = (launch_t)dlsym(lib, "cuLaunchKernel");
+  ctx_get_current = (ctx_get_t)dlsym(lib, "cuCtxGetCurrent");
+  error_string = (error_string_t)dlsym(lib, "cuGetErrorString");
+  if (!launch_kernel || !ctx_get_current || !error_string) {
+    launch_kernel = nullptr;
+    PyErr_SetString(PyExc_RuntimeError, "kernelgen lean replay: libcuda lacks cuLaunchKernel");
+    return false;
+  }
+  return true;
+}
+
+struct Alloc { int like; std::vector<int64_t> shape, stride; at::ScalarType dtype; bool zeroed; };
+struct Param { int tensor; int64_t offset; uint64_t bits; };  // tensor -1: a scalar, its bytes in bits
+struct Launch { unsigned gx, gy, gz, threads, shared; CUfunction function; std::vector<Param> params; };
+struct Plan { int n_inputs, device, out; std::vector<Alloc> allocs; std::vector<Launch> launches; };
+
+static void free_plan(PyObject* capsule) { delete (Plan*)PyCapsule_GetPointer(capsule, "kernelgen.plan"); }
+
+static bool int_vector(PyObject* seq, std::vector<int64_t>& out) {
+  Py_ssize_t n = PyTuple_Size(seq);
+  if (n < 0) return false;
+  for (Py_ssize_t i = 0; i < n; i++) {
+    out.push_back(PyLong_AsLongLong(PyTuple_GET_ITEM(seq, i)));
+    if (PyErr_Occurred()) return false;
+  }
+  return true;
+}
+
+// make(n_inputs, device, out, allocs, launches): allocs ((like, shape, stride, dtype, zeroed), ...), launches
+// ((gx, gy, gz, function, threads, shared, ((tensor, offset, bits), ...)), ...)
+static PyObject* make(PyObject*, PyObject* args) {
+  int n_inputs, device, out;
+  PyObject *allocs, *launches;
+  if (!PyArg_ParseTuple(args, "iiiO!O!", &n_inputs, &device, &out, &PyTuple_Type, &allocs, &PyTuple_Type, &launches))
+    return nullptr;
+  Plan* plan = new Plan{n_inputs, device, out, {}, {}};
+  for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(allocs); i++) {
+    Alloc a;
+    PyObject *shape, *stride, *dtype;
+    int zeroed;
+    if (!PyArg_ParseTuple(PyTuple_GET_ITEM(allocs, i), "iO!O!Op", &a.like, &PyTuple_Type, &shape, &PyTuple_Type,
+                          &stride, &dtype, &zeroed) || !THPDtype_Check(dtype)
+        || !int_vector(shape, a.shape) || !int_vector(stride, a.stride)) {
+      if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "make: bad allocation");
+      delete plan;
+      return nullptr;
+    }
+    a.dtype = ((THPDtype*)dtype)->scalar_type;
+    a.zeroed = zeroed;
+    plan->allocs.push_back(std::move(a));
+  }
+  for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(launches); i++) {
+    Launch l;
+    unsigned long long function;
+    PyObject* params;
+    if (!PyArg_ParseTuple(PyTuple_GET_ITEM(launches, i), "IIIKIIO!", &l.gx, &l.gy, &l.gz, &function, &l.threads,
+                          &l.shared, &PyTuple_Type, &params)) {
+      delete plan;
+      return nullptr;
+    }
+    l.function = (CUfunction)(uintptr_t)function;
+    for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(params); j++) {
+      Param p;
+      unsigned long long bits;
+      long long offset;
+      if (!PyArg_ParseTuple(PyTuple_GET_ITEM(params, j), "iLK", &p.tensor, &offset, &bits)) {
+        delete plan;
+        return nullptr;
+      }
+      p.offset = offset;
+      p.bits = bits;
+      if (p.tensor >= n_inputs + (int)plan->allocs.size()) {
+        PyErr_SetString(PyExc_ValueError, "make: a parameter names no tensor");
+        delete plan;
+        return nullptr;
+      }
+      l.params.push_back(p);
+    }
+    plan->launches.push_back(std::move(l));
+  }
+  if (out >= (int)plan->allocs.size()) {
+    PyErr_SetString(PyExc_ValueError, "make: the output names no allocation");
+    delete plan;
+    return nullptr;
+  }
+  return PyCapsule_New(plan, "kernelgen.plan", free_plan);
+}
+
+// run(plan, stream, t0, t1, ...): the buffer `out`, or a tuple of every buffer when out is -1
+static PyObject* run(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs < 2) { PyErr_SetString(PyExc_TypeError, "run: too few arguments"); return nullptr; }
+  Plan* plan = (Plan*)PyCapsule_GetPointer(args[0], "kernelgen.plan");
+  if (!plan) return nullptr;
+  if (nargs - 2 != plan->n_inputs) { PyErr_SetString(PyExc_TypeError, "run: wrong number of tensors"); return nullptr; }
+  CUstream stream = (CUstream)(uintptr_t)PyLong_AsUnsignedLongLong(args[1]);
+  if (PyErr_Occurred()) return nullptr;
+  if (!plan->launches.empty() && !load_driver()) return nullptr;
+  try {
+    std::vector<at::Tensor> tensors;
+    tensors.reserve(plan->n_inputs + plan->allocs.size());
+    for (int i = 0; i < plan->n_inputs; i++) {
+      PyObject* t = args[2 + i];
+      if (!THPVariable_Check(t)) { PyErr_SetString(PyExc_TypeError, "run: a tensor was expected"); return nullptr; }
+      tensors.push_back(THPVariable_Unpack(t));
+    }
+    for (const Alloc& a : plan->allocs) {
+      at::Tensor b = a.like >= 0
+          ? at::empty_like(tensors[a.like])
+          : at::empty_strided(a.shape, a.stride, at::TensorOptions().dtype(a.dtype).device(at::kCUDA, plan->device));
+      if (a.zeroed) b.zero_();
+      tensors.push_back(std::move(b));
+    }
+    for (const Launch& l : plan->launches) {
+      std::vector<uint64_t> storage(l.params.size() + 2, 0);  // + Triton's global and profile scratch: none
+      std::vector<void*> params(l.params.size() + 2);
+      for (size_t j = 0; j < l.params.size(); j++) {
+        const Param& p = l.params[j];
+        storage[j] = p.tensor < 0 ? p.bits : (uint64_t)(uintptr_t)tensors[p.tensor].data_ptr() + (uint64_t)p.offset;
+        params[j] = &storage[j];
+      }
+      params[l.params.size()] = &storage[l.params.size()];
+      params[l.params.size() + 1] = &storage[l.params.size() + 1];
+      if ((uint64_t)l.gx * l.gy * l.gz == 0) continue;
+      CUcontext ctx = nullptr;
+      if (ctx_get_current(&ctx) != CUDA_SUCCESS || ctx == nullptr) {
+        PyErr_SetString(PyExc_RuntimeError, "kernelgen lean replay: no current CUDA context");
+        return nullptr;
+      }
+      CUresult err = launch_kernel(l.function, l.gx, l.gy, l.gz, l.threads, 1, 1, l.shared, stream, params.data(),
+                                   nullptr);
+      if (err != CUDA_SUCCESS) {
+        const char* text = "unknown error";
+        error_string(err, &text);
+        PyErr_Format(PyExc_RuntimeError, "kernelgen lean replay: %s", text);
+        return nullptr;
+      }
+    }
+    if (plan->out >= 0) return THPVariable_Wrap(tensors[plan->n_inputs + plan->out]);
+    PyObject* all = PyTuple_New(plan->allocs.size());
+    if (!all) return nullptr;
+    for (size_t j = 0; j < plan->allocs.size(); j++) {
+      PyObject* b = THPVariable_Wrap(tensors[plan->n_inputs + j]);
+      if (!b) { Py_DECREF(all); return nullptr; }
+      PyTuple_SET_ITEM(all, j, b);
+    }
+    return all;
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+}
+
+static PyMethodDef methods[] = {
+  {"make", (PyCFunction)make, METH_VARARGS, "a plan object from its recorded description"},
+  {"run", (PyCFunction)(void(*)(void))run, METH_FASTCALL, "replay a plan"},
+  {nullptr, nullptr, 0, nullptr}
+};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "kernelgen_lean_replay", nullptr, -1, methods};
+PyMODINIT_FUNC PyInit_kernelgen_lean_replay(void) { return PyModule_Create(&module); }
+"""
+
+_built: dict = {}  # "module": the compiled module, or None when it cannot be had here
+
+
+def _build_flags() -> tuple[list[str], list[str]]:
+    """(compile flags, link flags) for a module against the installed torch and Python."""
+    import torch
+    from torch.utils.cpp_extension import include_paths
+
+    lib = str(Path(torch.__file__).parent / "lib")
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)  # std::string and friends as torch's libraries lay them out
+    compile_flags = ["-O2", "-shared", "-fPIC", "-w", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+                     f"-I{sysconfig.get_paths()['include']}", *(f"-I{p}" for p in include_paths())]
+    link_flags = [f"-L{lib}", "-lc10", "-ltorch", "-ltorch_cpu", "-ltorch_python", f"-Wl,-rpath,{lib}"]
+    return compile_flags, link_flags
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("KERNELGEN_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "kernelgen")
+    return Path(root) / "lean_replay"
+
+
+def build(cuda_include_dirs: list[str]):
+    """Compile the module (or load it from the cache); the module, or None when it cannot be built."""
+    import importlib.machinery
+    import importlib.util
+
+    import torch
+
+    compile_flags, link_flags = _build_flags()
+    compile_flags += [f"-I{d}" for d in cuda_include_dirs]
+    tag = hashlib.sha256("\n".join([_SOURCE, torch.__version__, sys.version, *compile_flags]).encode()).hexdigest()[:16]
+    target = _cache_dir() / tag / f"kernelgen_lean_replay{sysconfig.get_config_var('EXT_SUFFIX')}"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            src = Path(tmp) / "lean_replay.cpp"
+            src.write_text(_SOURCE)
+            out = Path(tmp) / target.name
+            for std in ("-std=c++20", "-std=c++17"):
+                cmd = [os.environ.get("CXX", "g++"), std, *compile_flags, str(src), "-o", str(out), *link_flags]
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+                if proc.returncode == 0:
+                    break
+            else:
+                _built["error"] = proc.stderr[-2000:]  # what the last try said, for whoever asks why
+                return None
+            os.replace(out, target)  # atomic: a concurrent build finds a whole file or none
+    loader = importlib.machinery.ExtensionFileLoader("kernelgen_lean_replay", str(target))
+    spec = importlib.util.spec_from_file_location("kernelgen_lean_replay", str(target), loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def module():
+    """The compiled module, built on first use; None when off, not on Triton 3.6's CUDA driver, or not
+    buildable here."""
+    if "module" in _built:
+        return _built["module"]
+    _built["module"] = None
+    if os.environ.get("KERNELGEN_LEAN_REPLAY", "1") == "0" or os.environ.get("KERNELGEN_LEAN_LAUNCH", "1") == "0":
+        return None
+    try:
+        import torch
+        import triton
+
+        if not triton.__version__.startswith("3.6.") or not torch.cuda.is_available():
+            return None
+        from triton.backends.nvidia import driver
+
+        _built["module"] = build(driver.include_dirs)
+    except Exception as e:  # noqa: BLE001 - no compiler, no headers, another layout: replays stay in Python
+        _built["module"], _built["error"] = None, f"{type(e).__name__}: {e}"
+    return _built["module"]
+
+
+# struct formats of the scalar type codes of kernelgen/lean_launch.py (bf16 apart: float32's upper half)
+_FORMATS = {"c": "<b", "s": "<h", "i": "<i", "l": "<q", "B": "<B", "S": "<H", "I": "<I", "L": "<Q", "f": "<f",
+            "d": "<d", "h": "<e"}
+
+
+def scalar_bits(code: str, value) -> int:
+    """The 8 bytes a scalar parameter is passed in, as an integer (little-endian, zero-padded); raises
+    struct.error or TypeError for a value that the type cannot hold."""
+    if code == "b":
+        raw = struct.pack("<f", value)[2:]  # as the lean C launch packs bf16: float32's upper 16 bits
+    elif code == "P":
+        if value is not None:
+            raise TypeError("a pointer parameter that is not a tensor")
+        raw = b""
+    else:
+        raw = struct.pack(_FORMATS[code], value)
+    return int.from_bytes(raw.ljust(8, b"\0"), "little")

@@ -1,0 +1,79 @@
+"""kernelgen/lean_replay.py: the C++ plan replay builds against the installed torch, allocates as the Python
+replay does and refuses malformed calls. Its launches need libcuda (checked on the GPU by the `check` part of
+benchmarks/bench_launch_models.py: replays bit-identical to Triton's own launch)."""
+
+import os
+import shutil
+import struct
+
+import pytest
+import torch
+
+from kernelgen import lean_replay
+
+
+@pytest.fixture(scope="module")
+def module(tmp_path_factory):
+    if shutil.which("g++") is None:
+        pytest.skip("no C++ compiler on this machine")
+    from triton.backends.nvidia import driver
+
+    before = os.environ.get("KERNELGEN_CACHE_DIR")
+    os.environ["KERNELGEN_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    try:
+        built = lean_replay.build(driver.include_dirs)
+    finally:
+        if before is None:
+            os.environ.pop("KERNELGEN_CACHE_DIR")
+        else:
+            os.environ["KERNELGEN_CACHE_DIR"] = before
+    assert built is not None, lean_replay._built.get("error")
+    return built
+
+
+def test_allocations_are_fresh_and_shaped_like_pythons(module):
+    x = torch.randn(4, 8)
+    # b0: empty_like(t0); b1: zeroed like t0; returned one by one or all together
+    allocs = ((0, (4, 8), (8, 1), torch.float32, False), (0, (4, 8), (8, 1), torch.float32, True))
+    one = module.make(1, 0, 0, allocs, ())
+    y = module.run(one, 0, x)
+    assert y.shape == x.shape and y.stride() == x.stride() and y.dtype == x.dtype and y.data_ptr() != x.data_ptr()
+    both = module.make(1, 0, -1, allocs, ())
+    y, z = module.run(both, 0, x)
+    assert z.shape == (4, 8) and torch.equal(z, torch.zeros(4, 8)) and y.data_ptr() != z.data_ptr()
+    h = torch.randn(3, 5, dtype=torch.float16)
+    assert module.run(one, 0, h).dtype == torch.float16  # like the argument of this call, not the recorded one
+
+
+def test_malformed_plans_and_calls_are_refused(module):
+    allocs = ((0, (4,), (1,), torch.float32, False),)
+    plan = module.make(1, 0, 0, allocs, ())
+    with pytest.raises(TypeError):
+        module.run(plan, 0)  # a tensor short
+    with pytest.raises(TypeError):
+        module.run(plan, 0, [1.0, 2.0])  # not a tensor
+    with pytest.raises(ValueError):
+        module.make(1, 0, 3, allocs, ())  # the output names no allocation
+    with pytest.raises(ValueError):
+        module.make(1, 0, 0, allocs, ((1, 1, 1, 0, 32, 0, ((5, 0, 0),)),))  # a parameter names no tensor
+    with pytest.raises(TypeError):
+        module.make(1, 0, 0, ((0, (4,), (1,), "float32", False),), ())  # a dtype that is not a torch.dtype
+
+
+def test_launches_without_a_cuda_driver_raise_instead_of_crashing(module):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA driver")
+    plan = module.make(1, 0, 0, ((0, (4,), (1,), torch.float32, False),), ((1, 1, 1, 0, 32, 0, ((0, 0, 0),)),))
+    with pytest.raises(RuntimeError, match="libcuda|context"):
+        module.run(plan, 0, torch.randn(4))
+
+
+def test_scalars_are_packed_as_the_lean_c_launch_packs_them():
+    assert lean_replay.scalar_bits("i", -1) == 0xFFFFFFFF
+    assert lean_replay.scalar_bits("l", -1) == 0xFFFFFFFFFFFFFFFF
+    assert lean_replay.scalar_bits("f", 0.5) == int.from_bytes(struct.pack("<f", 0.5), "little")
+    assert lean_replay.scalar_bits("b", 1.0) == 0x3F80  # bf16 1.0: float32's upper half
+    assert lean_replay.scalar_bits("P", None) == 0
+    for code, value in (("i", 1 << 40), ("P", 3), ("c", 300)):
+        with pytest.raises((struct.error, TypeError)):
+            lean_replay.scalar_bits(code, value)
