@@ -7,6 +7,12 @@ stream, t0, t1, ...)` allocates the buffers with ATen directly, reads the pointe
 every parameter from what was recorded and calls cuLaunchKernel for each launch, then hands back the one
 buffer the call returns (or all of them, for Python to build the result from).
 
+A plan that returns one buffer is also filed under the call's signature in bytes, computed in C++ (the same
+properties as plans.py's key: each tensor's dtype, shape, strides, device and 16-byte alignment, and the
+value of each None, bool, int or float argument; any other argument has no such signature). `fast(table,
+device, stream, *args)` computes that signature, looks it up and replays, all in one C++ call, so a planned
+call's Python is its replay conditions and this call.
+
 It covers the plans whose every launch the lean C launch covers (kernelgen/lean_launch.py: one CTA per
 program, no cooperative grid, PDL or scratch, plain parameter types) and whose pointers all lie in arguments
 or allocations. The module is compiled once per machine against the installed torch (a C++ compiler and
@@ -137,22 +143,19 @@ static PyObject* make(PyObject*, PyObject* args) {
   return PyCapsule_New(plan, "kernelgen.plan", free_plan);
 }
 
-// run(plan, stream, t0, t1, ...): the buffer `out`, or a tuple of every buffer when out is -1
-static PyObject* run(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs < 2) { PyErr_SetString(PyExc_TypeError, "run: too few arguments"); return nullptr; }
-  Plan* plan = (Plan*)PyCapsule_GetPointer(args[0], "kernelgen.plan");
-  if (!plan) return nullptr;
-  if (nargs - 2 != plan->n_inputs) { PyErr_SetString(PyExc_TypeError, "run: wrong number of tensors"); return nullptr; }
-  CUstream stream = (CUstream)(uintptr_t)PyLong_AsUnsignedLongLong(args[1]);
-  if (PyErr_Occurred()) return nullptr;
+// Allocate, launch and return (see run) for these tensor arguments
+static PyObject* replay(Plan* plan, CUstream stream, PyObject* const* inputs, Py_ssize_t n) {
+  if (n != plan->n_inputs) { PyErr_SetString(PyExc_TypeError, "run: wrong number of tensors"); return nullptr; }
   if (!plan->launches.empty() && !load_driver()) return nullptr;
   try {
     std::vector<at::Tensor> tensors;
     tensors.reserve(plan->n_inputs + plan->allocs.size());
     for (int i = 0; i < plan->n_inputs; i++) {
-      PyObject* t = args[2 + i];
-      if (!THPVariable_Check(t)) { PyErr_SetString(PyExc_TypeError, "run: a tensor was expected"); return nullptr; }
-      tensors.push_back(THPVariable_Unpack(t));
+      if (!THPVariable_Check(inputs[i])) {
+        PyErr_SetString(PyExc_TypeError, "run: a tensor was expected");
+        return nullptr;
+      }
+      tensors.push_back(THPVariable_Unpack(inputs[i]));
     }
     for (const Alloc& a : plan->allocs) {
       at::Tensor b = a.like >= 0
@@ -201,9 +204,125 @@ static PyObject* run(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   }
 }
 
+// run(plan, stream, t0, t1, ...): the buffer `out`, or a tuple of every buffer when out is -1
+static PyObject* run(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs < 2) { PyErr_SetString(PyExc_TypeError, "run: too few arguments"); return nullptr; }
+  Plan* plan = (Plan*)PyCapsule_GetPointer(args[0], "kernelgen.plan");
+  if (!plan) return nullptr;
+  CUstream stream = (CUstream)(uintptr_t)PyLong_AsUnsignedLongLong(args[1]);
+  if (PyErr_Occurred()) return nullptr;
+  return replay(plan, stream, args + 2, nargs - 2);
+}
+
+// The signature of a call in bytes (what plans.py's key holds, for the argument types covered here: plain
+// tensors on a device, None, bool, int, float): 1 and the bytes appended, 0 when an argument is not covered.
+static PyObject* tensor_type = nullptr;
+static PyObject* parameter_type = nullptr;
+static PyObject* miss = nullptr;
+
+template <typename T> static void put(std::string& key, T v) { key.append((const char*)&v, sizeof(T)); }
+
+static int key_part(PyObject* a, std::string& key, PyObject** tensors, Py_ssize_t& n_tensors) {
+  PyObject* type = (PyObject*)Py_TYPE(a);
+  if (type == tensor_type || type == parameter_type) {
+    const at::Tensor& x = THPVariable_Unpack(a);
+    int64_t device = x.get_device();
+    if (device < 0) return 0;  // a CPU tensor: no plan
+    key += 'T';
+    put<int8_t>(key, (int8_t)x.scalar_type());
+    put<int64_t>(key, device);
+    put<int64_t>(key, x.dim());
+    for (int64_t v : x.sizes()) put<int64_t>(key, v);
+    for (int64_t v : x.strides()) put<int64_t>(key, v);
+    put<int8_t>(key, ((uintptr_t)x.data_ptr() & 15) == 0);
+    tensors[n_tensors++] = a;
+  } else if (a == Py_None) {
+    key += 'N';
+  } else if (PyBool_Check(a)) {
+    key += a == Py_True ? 'B' : 'b';
+  } else if (PyLong_CheckExact(a)) {
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(a, &overflow);
+    if (overflow || (v == -1 && PyErr_Occurred())) { PyErr_Clear(); return 0; }
+    key += 'I';
+    put<int64_t>(key, v);
+  } else if (PyFloat_CheckExact(a)) {
+    key += 'F';
+    put<double>(key, PyFloat_AS_DOUBLE(a));
+  } else {
+    return 0;
+  }
+  return 1;
+}
+
+static PyObject* key_of(PyObject* device, PyObject* const* args, Py_ssize_t n, PyObject** tensors,
+                        Py_ssize_t& n_tensors) {
+  if (!tensor_type) { PyErr_SetString(PyExc_RuntimeError, "configure() first"); return nullptr; }
+  std::string key;
+  key.reserve(128);
+  long long d = PyLong_AsLongLong(device);
+  if (d == -1 && PyErr_Occurred()) return nullptr;
+  put<int64_t>(key, d);
+  for (Py_ssize_t i = 0; i < n; i++) {
+    if (!key_part(args[i], key, tensors, n_tensors)) Py_RETURN_NONE;
+  }
+  return PyBytes_FromStringAndSize(key.data(), key.size());
+}
+
+#define MAX_ARGS 64
+
+// signature(device, *args): the bytes key of a call, or None when an argument is not covered
+static PyObject* signature(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs < 1 || nargs - 1 > MAX_ARGS) {
+    PyErr_SetString(PyExc_TypeError, "signature: bad arguments");
+    return nullptr;
+  }
+  PyObject* tensors[MAX_ARGS];
+  Py_ssize_t n_tensors = 0;
+  return key_of(args[0], args + 1, nargs - 1, tensors, n_tensors);
+}
+
+// fast(table, device, stream, *args): the replay of table[signature(device, *args)] for these arguments, or the
+// `miss` object when the table holds no plan for that signature
+static PyObject* fast(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs < 3 || nargs - 3 > MAX_ARGS || !PyDict_Check(args[0])) {
+    PyErr_SetString(PyExc_TypeError, "fast: bad arguments");
+    return nullptr;
+  }
+  PyObject* tensors[MAX_ARGS];
+  Py_ssize_t n_tensors = 0;
+  PyObject* key = key_of(args[1], args + 3, nargs - 3, tensors, n_tensors);
+  if (!key) return nullptr;
+  PyObject* found = key == Py_None ? nullptr : PyDict_GetItemWithError(args[0], key);  // borrowed
+  Py_DECREF(key);
+  if (!found) {
+    if (PyErr_Occurred()) return nullptr;
+    Py_INCREF(miss);
+    return miss;
+  }
+  Plan* plan = (Plan*)PyCapsule_GetPointer(found, "kernelgen.plan");
+  if (!plan) return nullptr;
+  CUstream stream = (CUstream)(uintptr_t)PyLong_AsUnsignedLongLong(args[2]);
+  if (PyErr_Occurred()) return nullptr;
+  return replay(plan, stream, tensors, n_tensors);
+}
+
+// configure(tensor type, parameter type, miss): the exact types a plain tensor has, and fast()'s miss object
+static PyObject* configure(PyObject*, PyObject* args) {
+  PyObject *t, *p, *m;
+  if (!PyArg_ParseTuple(args, "OOO", &t, &p, &m)) return nullptr;
+  Py_INCREF(t); Py_INCREF(p); Py_INCREF(m);
+  Py_XDECREF(tensor_type); Py_XDECREF(parameter_type); Py_XDECREF(miss);
+  tensor_type = t; parameter_type = p; miss = m;
+  Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
   {"make", (PyCFunction)make, METH_VARARGS, "a plan object from its recorded description"},
   {"run", (PyCFunction)(void(*)(void))run, METH_FASTCALL, "replay a plan"},
+  {"signature", (PyCFunction)(void(*)(void))signature, METH_FASTCALL, "the bytes key of a call"},
+  {"fast", (PyCFunction)(void(*)(void))fast, METH_FASTCALL, "look a call's plan up and replay it"},
+  {"configure", (PyCFunction)configure, METH_VARARGS, "the plain tensor types and the miss object"},
   {nullptr, nullptr, 0, nullptr}
 };
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "kernelgen_lean_replay", nullptr, -1, methods};
@@ -211,6 +330,8 @@ PyMODINIT_FUNC PyInit_kernelgen_lean_replay(void) { return PyModule_Create(&modu
 """
 
 _built: dict = {}  # "module": the compiled module, or None when it cannot be had here
+MISS = object()  # what the module's fast() returns when its table has no plan for a call
+fast = None  # the module's fast(), once built (generated code calls it only for plans the module made)
 
 
 def _build_flags() -> tuple[list[str], list[str]]:
@@ -261,6 +382,7 @@ def build(cuda_include_dirs: list[str]):
     spec = importlib.util.spec_from_file_location("kernelgen_lean_replay", str(target), loader=loader)
     module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)
+    module.configure(torch.Tensor, torch.nn.Parameter, MISS)
     return module
 
 
@@ -281,6 +403,9 @@ def module():
         from triton.backends.nvidia import driver
 
         _built["module"] = build(driver.include_dirs)
+        if _built["module"] is not None:
+            global fast
+            fast = _built["module"].fast
     except Exception as e:  # noqa: BLE001 - no compiler, no headers, another layout: replays stay in Python
         _built["module"], _built["error"] = None, f"{type(e).__name__}: {e}"
     return _built["module"]

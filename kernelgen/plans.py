@@ -176,6 +176,7 @@ def _front_body(n: int, names: tuple[str, ...], indent: str) -> list[str]:
         "st = state",
         f"if {_no_replay_test()}:",
         "    return fn(*args, **kwargs)",
+        *([] if names else _fast_lines(values, "return out")),
         "tensors = []",
         "try:", *_key_lines(values, names, " " * 4),
         "    plan = plans.get(key)",
@@ -187,6 +188,17 @@ def _front_body(n: int, names: tuple[str, ...], indent: str) -> list[str]:
     return [indent + line for line in lines]
 
 
+def _fast_lines(values: list[str], hit: str) -> list[str]:
+    """Lines that replay a plan filed under the call's C++ signature (kernelgen/lean_replay.py), if the call
+    has one: `out` is the result, then `hit` runs; on a miss `out` is MISS."""
+    return ["out = MISS",
+            "if fast_plans:",
+            "    dv = getters[0]()",
+            f"    out = lean.fast(fast_plans, dv, getters[1](dv){''.join(', ' + v for v in values)})",
+            "    if out is not MISS:",
+            f"        {hit}"]
+
+
 def inline_replay(call, values: list[str], plain, fallback: str, indent: str):
     """For generated code that calls a planned `call` with the positional argument expressions `values`:
     (lines that set `out` to the replay of that call's plan when one is recorded and a replay is allowed,
@@ -194,23 +206,25 @@ def inline_replay(call, values: list[str], plain, fallback: str, indent: str):
     Expressions in `plain` must be known plain tensors. The local names the lines set are LOCAL_NAMES."""
     if not isinstance(getattr(call, "plans", None), dict):
         return None
-    lines = ["plan = None",
+    lines = ["out = MISS",
              "st = state",
              f"if not ({_no_replay_test()}):",
-             "    tensors = []",
-             "    try:", *_key_lines(list(values), (), " " * 8, frozenset(plain)),
-             "        plan = plans.get(key)",
-             "    except (Unplannable, TypeError):",
-             "        pass",
-             "if type(plan) is Replay:",
-             "    out = plan(*tensors, getters[1](key[0]))",
-             "else:",
+             *("    " + line for line in _fast_lines(list(values), "pass")),
+             "    if out is MISS:",
+             "        tensors = []",
+             "        try:", *_key_lines(list(values), (), " " * 12, frozenset(plain)),
+             "            plan = plans.get(key)",
+             "        except (Unplannable, TypeError):",
+             "            plan = None",
+             "        if type(plan) is Replay:",
+             "            out = plan(*tensors, getters[1](key[0]))",
+             "if out is MISS:",
              f"    out = {fallback}"]
-    scope = {**_key_names(), **_front_scope(call.plans, None, None)}
+    scope = {**_key_names(), **_front_scope(call.plans, None, None, call.fast_plans)}
     return [indent + line for line in lines], scope
 
 
-LOCAL_NAMES = frozenset({"plan", "st", "tensors", "a", "d", "key", "out"})  # and p0, p1, ...
+LOCAL_NAMES = frozenset({"plan", "st", "tensors", "a", "d", "dv", "key", "out"})  # and p0, p1, ...
 
 
 _HOOKS = ("launch_enter_hook", "launch_exit_hook")
@@ -236,18 +250,20 @@ def _hook_test() -> str:
     return " or ".join(tests)
 
 
-def _front_scope(plans: dict, fn, slow) -> dict:
+def _front_scope(plans: dict, fn, slow, fast_plans=None) -> dict:
+    from kernelgen import lean_replay
+
     return {**{f"hook{i}": value for i, value in enumerate(_hooks_now())},
             "state": launch._state, "planmod": sys.modules[__name__], "launchmod": launch, "JIT": launch.JITFunction,
             "rt": launch._knobs.runtime, "hooks": launch._hooks_active, "counted": launch._counted,
-            "plans": plans, "fn": fn, "slow": slow,
-            "Replay": types.FunctionType}
+            "plans": plans, "fn": fn, "slow": slow, "Replay": types.FunctionType,
+            "fast_plans": {} if fast_plans is None else fast_plans, "lean": lean_replay, "MISS": lean_replay.MISS}
 
 
-def front_function(n: int, names: tuple[str, ...], plans: dict, fn, slow):
+def front_function(n: int, names: tuple[str, ...], plans: dict, fn, slow, fast_plans=None):
     """`front(args, kwargs)`: the hot path (`_front_body`) for n positional arguments and these keyword names."""
     return _generated(["def front(args, kwargs):", *_front_body(n, names, "    ")], "front",
-                      **_front_scope(plans, fn, slow))
+                      **_front_scope(plans, fn, slow, fast_plans))
 
 
 def _positional_counts(fn) -> tuple[int, ...]:
@@ -266,7 +282,8 @@ def _positional_counts(fn) -> tuple[int, ...]:
     return tuple(range(required, len(positional) + 1))[:8]
 
 
-def call_function(counts: tuple[int, ...], plans: dict, fn, slow, dispatch, custom=None, compiling=None):
+def call_function(counts: tuple[int, ...], plans: dict, fn, slow, dispatch, custom=None, compiling=None,
+                  fast_plans=None):
     """`call(*args, **kwargs)` with the hot path of every positional-only call shape in `counts` inline, so a
     replayed call is this one frame and the replay's: other shapes go to dispatch(args, kwargs). With a custom
     op, a call made while torch.compile traces (compiling()) goes to it instead (what `compile_aware` does
@@ -278,7 +295,7 @@ def call_function(counts: tuple[int, ...], plans: dict, fn, slow, dispatch, cust
     for i, n in enumerate(counts):
         lines += [f"    {'if' if i == 0 else 'elif'} n == {n}:", *_front_body(n, (), " " * 8)]
     lines.append("    return dispatch(args, kwargs)")
-    return _generated(lines, "call", **_front_scope(plans, fn, slow), dispatch=dispatch, custom=custom,
+    return _generated(lines, "call", **_front_scope(plans, fn, slow, fast_plans), dispatch=dispatch, custom=custom,
                       compiling=compiling)
 
 
@@ -462,6 +479,7 @@ def _one_call(launches: list, watch: _Watch, out, inputs: list, owners: list, sr
     except (TypeError, ValueError, OverflowError):
         return False
     call = f"{src.bind(module.run)}({src.bind(plan)}, stream{''.join(f', t{i}' for i in range(len(inputs)))})"
+    src.fast_plan = plan if single else None  # what the call returns is the one allocation: fast() can replay it
     if single:
         src.lines.append(f"return {call}")
     else:
@@ -478,7 +496,9 @@ def build(launches: list, watch: _Watch, out, inputs: list) -> types.FunctionTyp
     owners = [("input", i, t) for i, t in enumerate(inputs)] + [("buffer", j, b) for j, b in enumerate(buffers)]
     src = _Source()
     if _one_call(launches, watch, out, inputs, owners, src):
-        return _compiled_replay(src, len(inputs))
+        replay = _compiled_replay(src, len(inputs))
+        replay.fast_plan = src.fast_plan
+        return replay
     for j, (t, zeroed) in enumerate(watch.allocations):
         src.lines.append(f"b{j} = {_buffer_expr(t, zeroed, inputs, src)}")
     for entry, grid, args in launches:
@@ -544,17 +564,20 @@ def planned(fn):
     later calls replay it. `call.compile_aware(custom, compiling)` makes a second entry point over the same
     plans that hands calls made while torch.compile traces to a custom op."""
     plans: dict = {}  # key -> replay function, _UNPLANNABLE, or the number of plain calls so far
+    fast_plans: dict = {}  # C++ signature (kernelgen/lean_replay.py) -> C++ plan, for one-call replays
     fronts: dict = {}  # number of positional arguments (and keyword names) -> its generated front
 
     def slow(args, kwargs, key, tensors, plan):
         if plan is None:  # first call: compiles and fills the launch caches
             if len(plans) >= MAX_PLANS:
                 plans.clear()
+                fast_plans.clear()
             plans[key] = 1
             return fn(*args, **kwargs)
         if plan == _UNPLANNABLE:
             return fn(*args, **kwargs)
         out, plans[key] = _record(fn, args, kwargs, tensors)
+        _file_fast(fast_plans, plans[key], key, args, kwargs)
         return out
 
     def dispatch(args, kwargs):
@@ -562,14 +585,29 @@ def planned(fn):
         shape = (len(args), tuple(kwargs)) if kwargs else len(args)
         front = fronts.get(shape)
         if front is None:
-            front = fronts[shape] = front_function(len(args), tuple(kwargs), plans, fn, slow)
+            front = fronts[shape] = front_function(len(args), tuple(kwargs), plans, fn, slow, fast_plans)
         return front(args, kwargs)
 
     counts = _positional_counts(fn)
 
     def with_custom(custom, compiling):
-        return functools.wraps(fn)(call_function(counts, plans, fn, slow, dispatch, custom, compiling))
+        return functools.wraps(fn)(call_function(counts, plans, fn, slow, dispatch, custom, compiling, fast_plans))
 
-    call = functools.wraps(fn)(call_function(counts, plans, fn, slow, dispatch))
-    call.plans, call.fronts, call.unplanned, call.compile_aware = plans, fronts, fn, with_custom
+    call = functools.wraps(fn)(call_function(counts, plans, fn, slow, dispatch, fast_plans=fast_plans))
+    call.plans, call.fast_plans, call.fronts, call.unplanned, call.compile_aware = (
+        plans, fast_plans, fronts, fn, with_custom)
     return call
+
+
+def _file_fast(fast_plans: dict, replay, key, args: tuple, kwargs: dict) -> None:
+    """File a one-call replay's C++ plan under the call's C++ signature too, when it returns one allocation
+    and every argument has such a signature (positional calls only: keyword names are not in it)."""
+    plan = getattr(replay, "fast_plan", None)
+    if plan is None or kwargs:
+        return
+    from kernelgen import lean_replay
+
+    module = lean_replay.module()
+    fast_key = module.signature(key[0], *args) if module is not None else None
+    if fast_key is not None:
+        fast_plans[fast_key] = plan

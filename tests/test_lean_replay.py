@@ -77,3 +77,24 @@ def test_scalars_are_packed_as_the_lean_c_launch_packs_them():
     for code, value in (("i", 1 << 40), ("P", 3), ("c", 300)):
         with pytest.raises((struct.error, TypeError)):
             lean_replay.scalar_bits(code, value)
+
+
+def test_signatures_separate_what_plans_keys_separate(module):
+    sig = module.signature
+    # scalars: by type and value (1, 1.0 and True are three signatures, as (type, value) keys are)
+    keys = {sig(0, 1), sig(0, 1.0), sig(0, True), sig(0, False), sig(0, None), sig(0, 2), sig(1, 1)}
+    assert len(keys) == 7 and all(type(k) is bytes for k in keys)
+    assert sig(0, 1) == sig(0, 1) and sig(0, 0.5) == sig(0, 0.5)
+    # what a plans key cannot hold as a plain value has no C++ signature: the Python key decides
+    for arg in ("str", torch.float32, (1, 2), [1], 1 << 70, torch.randn(3), object()):
+        assert sig(0, arg) is None, arg
+
+
+def test_fast_replays_a_filed_plan_and_misses_otherwise(module):
+    # no tensors here (a CPU tensor has no device signature): a plan with no allocations and no launches
+    plan = module.make(0, 0, -1, (), ())
+    table = {module.signature(0, 3, 0.5): plan}
+    assert module.fast(table, 0, 0, 3, 0.5) == ()  # found: replayed (nothing allocated, nothing returned)
+    for args in ((3, 0.25), (4, 0.5), (3,), ("x", 0.5)):
+        assert module.fast(table, 0, 0, *args) is lean_replay.MISS
+    assert module.fast(table, 1, 0, 3, 0.5) is lean_replay.MISS  # another current device

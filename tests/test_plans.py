@@ -437,11 +437,22 @@ def test_replays_are_one_call_of_the_cpp_replay_where_it_covers_them(fake, monke
             return ("plan", len(made))
 
         @staticmethod
-        def run(plan, stream, *tensors):
-            runs.append((plan, stream, tensors))
+        def run(plan, stream, *tensors, how="run"):
+            runs.append((how, plan, stream, tensors))
             _, _, returned, allocs, _ = made[plan[1] - 1]
             buffers = tuple(torch.zeros(a[1]) if a[4] else torch.empty_like(tensors[a[0]]) for a in allocs)
             return buffers[returned] if returned >= 0 else buffers
+
+        @staticmethod
+        def signature(device, *args):
+            return repr((device, [(type(a), getattr(a, "shape", a)) for a in args])).encode()
+
+        @staticmethod
+        def fast(table, device, stream, *args):
+            plan = table.get(FakeReplayModule.signature(device, *args))
+            if plan is None:
+                return lean_replay.MISS
+            return FakeReplayModule.run(plan, stream, *(a for a in args if isinstance(a, torch.Tensor)), how="fast")
 
     class Launcher36:
         global_scratch_size = profile_scratch_size = 0
@@ -457,6 +468,7 @@ def test_replays_are_one_call_of_the_cpp_replay_where_it_covers_them(fake, monke
     monkeypatch.setattr(FakeCompiled, "run", Launcher36())
     monkeypatch.setattr(lean_launch, "launcher", lambda: lambda *args: pytest.fail("the Python replay ran"))
     monkeypatch.setattr(lean_replay, "module", lambda: FakeReplayModule)
+    monkeypatch.setattr(lean_replay, "fast", FakeReplayModule.fast)
 
     def launcher(x, both=False):
         y = torch.empty_like(x)
@@ -475,7 +487,10 @@ def test_replays_are_one_call_of_the_cpp_replay_where_it_covers_them(fake, monke
         fn(torch.randn(32), both)  # records the plan
         x = torch.randn(32)
         out = fn(x, both)
-        assert len(ran) == 2 and runs[-1][1:] == (777, (x,))  # replayed: one call, this stream, this argument
+        # replayed: one call with this stream and this argument; a plan returning its one allocation is also
+        # filed under the call's C++ signature, looked up and replayed in that one call (fast)
+        assert len(ran) == 2 and runs[-1][0] == ("run" if both else "fast") and runs[-1][2:] == (777, (x,))
+        assert len(fn.fast_plans) == (0 if both else 1)
         n_inputs, device, returned, allocs, launches = made[-1]
         assert (n_inputs, allocs) == (1, ((0, (32,), (1,), torch.float32, False),))
         bits = (16, int.from_bytes(struct.pack("<f", 1.5), "little"))
