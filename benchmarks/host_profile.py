@@ -81,6 +81,14 @@ def pieces(op_name, kernel_name, eager, call, raw_args_fn):
             "plan: replay function alone": lambda: replay(*tensors, stream),
             "plans off (launcher + cached launch)": lambda: (plans.set_replays(False), call(), plans.set_replays(True)),
         }
+        fast_plans = getattr(call.fn, "fast_plans", {})
+        if fast_plans:  # kernelgen/lean_replay.py: the signature, the lookup and the replay in one C++ call
+            from kernelgen import lean_replay
+
+            plan_pieces["plan: C++ signature, lookup and replay (fast)"] = lambda: lean_replay.fast(
+                fast_plans, device, stream, *call.args)
+            plan_pieces["plan: C++ signature alone"] = lambda: lean_replay.module().signature(device, *call.args)
+        print("C++ fast plans:", len(fast_plans))
 
     def no_launch_call():
         with launch.no_launch():
