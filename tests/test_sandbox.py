@@ -164,3 +164,12 @@ def test_trace_checks_see_what_an_escaped_candidate_leaves(tmp_path):
     finally:
         os.kill(other, 9)
         os.waitpid(other, 0)
+
+
+def test_candidates_replay_in_python_and_build_nothing(tmp_path, monkeypatch):
+    """A verification child would compile the C++ replay again in its own HOME: it keeps Python replays."""
+    from kernelgen.verify.sandbox import child_env
+
+    monkeypatch.setenv("KERNELGEN_LEAN_REPLAY", "1")
+    env = child_env(tmp_path, interpret=False)
+    assert env["KERNELGEN_LEAN_REPLAY"] == "0" and env["HOME"].startswith(str(tmp_path))

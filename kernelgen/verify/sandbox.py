@@ -137,6 +137,9 @@ def child_env(scratch: Path, interpret: bool, device: str | None = None) -> dict
         p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
     if device is not None:
         extra["CUDA_VISIBLE_DEVICES"] = device  # one GPU per parallel worker (verify_many with jobs > 1)
+    # Replays stay in Python in the child: the C++ replay (kernelgen/lean_replay.py) would be compiled again
+    # in every child (its HOME is the scratch folder), for host time that no verdict measures.
+    extra["KERNELGEN_LEAN_REPLAY"] = "0"
     env = wall.sandbox_env(scratch, extra)
     if interpret:
         env["TRITON_INTERPRET"] = "1"
