@@ -9,7 +9,8 @@ buffer the call returns (or all of them, for Python to build the result from).
 
 A plan that returns one buffer is also filed under the call's signature in bytes, computed in C++ (the same
 properties as plans.py's key: each tensor's dtype, shape, strides, device and 16-byte alignment, and the
-value of each None, bool, int or float argument; any other argument has no such signature). `fast(table,
+value of each None, bool, int or float argument and of each tuple or list of ints; any other argument has
+no such signature). `fast(table,
 device, stream, *args)` computes that signature, looks it up and replays, all in one C++ call, so a planned
 call's Python is its replay conditions and this call.
 
@@ -215,7 +216,8 @@ static PyObject* run(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
 }
 
 // The signature of a call in bytes (what plans.py's key holds, for the argument types covered here: plain
-// tensors on a device, None, bool, int, float): 1 and the bytes appended, 0 when an argument is not covered.
+// tensors on a device, None, bool, int, float, tuples and lists of ints): 1 and the bytes appended, 0 when an
+// argument is not covered.
 static PyObject* tensor_type = nullptr;
 static PyObject* parameter_type = nullptr;
 static PyObject* miss = nullptr;
@@ -249,6 +251,18 @@ static int key_part(PyObject* a, std::string& key, PyObject** tensors, Py_ssize_
   } else if (PyFloat_CheckExact(a)) {
     key += 'F';
     put<double>(key, PyFloat_AS_DOUBLE(a));
+  } else if (PyTuple_CheckExact(a) || PyList_CheckExact(a)) {  // of ints only (a normalized_shape, a dim list)
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(a);
+    key += PyTuple_CheckExact(a) ? 'U' : 'L';
+    put<int64_t>(key, n);
+    PyObject** items = PySequence_Fast_ITEMS(a);
+    for (Py_ssize_t i = 0; i < n; i++) {
+      if (!PyLong_CheckExact(items[i])) return 0;
+      int overflow = 0;
+      long long v = PyLong_AsLongLongAndOverflow(items[i], &overflow);
+      if (overflow || (v == -1 && PyErr_Occurred())) { PyErr_Clear(); return 0; }
+      put<int64_t>(key, v);
+    }
   } else {
     return 0;
   }

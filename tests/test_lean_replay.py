@@ -85,8 +85,11 @@ def test_signatures_separate_what_plans_keys_separate(module):
     keys = {sig(0, 1), sig(0, 1.0), sig(0, True), sig(0, False), sig(0, None), sig(0, 2), sig(1, 1)}
     assert len(keys) == 7 and all(type(k) is bytes for k in keys)
     assert sig(0, 1) == sig(0, 1) and sig(0, 0.5) == sig(0, 0.5)
-    # what a plans key cannot hold as a plain value has no C++ signature: the Python key decides
-    for arg in ("str", torch.float32, (1, 2), [1], 1 << 70, torch.randn(3), object()):
+    # sequences of ints: by type, length and values
+    seqs = {sig(0, (1, 2)), sig(0, [1, 2]), sig(0, (1,)), sig(0, (2, 1)), sig(0, ()), sig(0, [])}
+    assert len(seqs) == 6 and sig(0, (1, 2)) == sig(0, (1, 2)) and not seqs & keys
+    # anything else has no C++ signature: the Python key decides
+    for arg in ("str", torch.float32, (1, 2.0), [True], torch.Size([2]), 1 << 70, torch.randn(3), object()):
         assert sig(0, arg) is None, arg
 
 
