@@ -22,15 +22,9 @@ import os
 _CODES = {"i1": "c", "i8": "c", "i16": "s", "i32": "i", "i64": "l", "u1": "B", "u8": "B", "u16": "S",
           "u32": "I", "u64": "L", "fp16": "h", "bf16": "b", "fp32": "f", "f32": "f", "fp64": "d"}
 
-_SOURCE = r"""
-#include "cuda.h"
-#include <dlfcn.h>
-#include <stdint.h>
-#include <string.h>
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-
-#define MAX_PARAMS 96
+# The driver entry points both C launchers use (this one and kernelgen/lean_replay.py's C++), opened with
+# dlopen rather than linked, so the module builds and imports without libcuda at link time.
+DRIVER = r"""
 typedef CUresult (*launch_t)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
                              CUstream, void**, void**);
 typedef CUresult (*ctx_get_t)(CUcontext*);
@@ -40,18 +34,31 @@ static ctx_get_t ctx_get_current = NULL;
 static error_string_t error_string = NULL;
 
 static int load_driver(void) {
+  if (launch_kernel) return 1;
   void* lib = dlopen("libcuda.so.1", RTLD_LAZY);
-  if (!lib) { PyErr_SetString(PyExc_RuntimeError, "kernelgen lean launch: cannot open libcuda.so.1"); return 0; }
+  if (!lib) { PyErr_SetString(PyExc_RuntimeError, "kernelgen: cannot open libcuda.so.1"); return 0; }
   launch_kernel = (launch_t)dlsym(lib, "cuLaunchKernel");
   ctx_get_current = (ctx_get_t)dlsym(lib, "cuCtxGetCurrent");
   error_string = (error_string_t)dlsym(lib, "cuGetErrorString");
   if (!launch_kernel || !ctx_get_current || !error_string) {
-    PyErr_SetString(PyExc_RuntimeError, "kernelgen lean launch: libcuda lacks cuLaunchKernel");
+    launch_kernel = NULL;
+    PyErr_SetString(PyExc_RuntimeError, "kernelgen: libcuda lacks cuLaunchKernel");
     return 0;
   }
   return 1;
 }
+"""
 
+_SOURCE = r"""
+#include "cuda.h"
+#include <dlfcn.h>
+#include <stdint.h>
+#include <string.h>
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#define MAX_PARAMS 96
+""" + DRIVER + r"""
 static uint16_t to_bf16(double f) { float x = (float)f; uint32_t u; memcpy(&u, &x, 4); return (uint16_t)(u >> 16); }
 
 static PyObject* launch(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {

@@ -32,6 +32,8 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
+from kernelgen.lean_launch import DRIVER
+
 _SOURCE = r"""
 #include <Python.h>
 #include <torch/csrc/autograd/python_variable.h>
@@ -44,29 +46,7 @@ _SOURCE = r"""
 #include <cstring>
 #include <vector>
 
-typedef CUresult (*launch_t)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
-                             CUstream, void**, void**);
-typedef CUresult (*ctx_get_t)(CUcontext*);
-typedef CUresult (*error_string_t)(CUresult, const char**);
-static launch_t launch_kernel = nullptr;
-static ctx_get_t ctx_get_current = nullptr;
-static error_string_t error_string = nullptr;
-
-static bool load_driver() {
-  if (launch_kernel) return true;
-  void* lib = dlopen("libcuda.so.1", RTLD_LAZY);
-  if (!lib) { PyErr_SetString(PyExc_RuntimeError, "kernelgen lean replay: cannot open libcuda.so.1"); return false; }
-  launch_kernel = (launch_t)dlsym(lib, "cuLaunchKernel");
-  ctx_get_current = (ctx_get_t)dlsym(lib, "cuCtxGetCurrent");
-  error_string = (error_string_t)dlsym(lib, "cuGetErrorString");
-  if (!launch_kernel || !ctx_get_current || !error_string) {
-    launch_kernel = nullptr;
-    PyErr_SetString(PyExc_RuntimeError, "kernelgen lean replay: libcuda lacks cuLaunchKernel");
-    return false;
-  }
-  return true;
-}
-
+""" + DRIVER + r"""
 struct Alloc { int like; std::vector<int64_t> shape, stride; at::ScalarType dtype; bool zeroed; };
 struct Param { int tensor; int64_t offset; uint64_t bits; };  // tensor -1: a scalar, its bytes in bits
 struct Launch { unsigned gx, gy, gz, threads, shared; CUfunction function; std::vector<Param> params; };

@@ -55,3 +55,21 @@ def fake_kernel(monkeypatch):
     assert launch.accelerate(module) == ["k"]
     assert type(module.k) is launch.CachedLaunchJIT
     return module, calls, compiled
+
+
+def triton36_launcher(c_launch, pdl=False):
+    """A stand-in for a Triton 3.6 compiled kernel's launcher object (`__call__` around a C `launch`) with no
+    scratch memory and no cooperative grid; its C launch is c_launch(*args)."""
+
+    class Launcher36:
+        global_scratch_size = profile_scratch_size = 0
+        launch_cooperative_grid, launch_pdl = False, pdl
+
+        def __call__(self, *args):  # what the cached launch path (not a replay) calls
+            pass
+
+        def launch(self, *args):
+            c_launch(*args)
+
+    return Launcher36()
+

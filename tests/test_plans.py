@@ -12,7 +12,7 @@ import functools
 
 import pytest
 import torch
-from fake_triton import fake_kernel
+from fake_triton import fake_kernel, triton36_launcher
 
 from kernelgen import launch, plans
 
@@ -253,18 +253,9 @@ def test_triton_36_launchers_are_called_at_their_c_launch(fake, monkeypatch):
     module, _, compiled = fake
     c_calls = []
 
-    class Launcher36:  # the shape of Triton 3.6's launcher object: __call__ around a C `launch`
-        global_scratch_size = profile_scratch_size = 0
-        launch_cooperative_grid, launch_pdl = False, True
-
-        def __call__(self, *args):  # what the cached launch path (not a replay) calls
-            pass
-
-        def launch(self, *args):
-            c_calls.append(args)
-
+    launcher36 = triton36_launcher(lambda *args: c_calls.append(args), pdl=True)
     monkeypatch.setattr(triton, "__version__", "3.6.0")
-    monkeypatch.setattr(FakeCompiled, "run", Launcher36())
+    monkeypatch.setattr(FakeCompiled, "run", launcher36)
 
     def launcher(x):
         y = torch.empty_like(x)
@@ -280,7 +271,7 @@ def test_triton_36_launchers_are_called_at_their_c_launch(fake, monkeypatch):
     assert c_calls[-1] == (3, 1, 1, 777, c.function, False, True, None, None, c.packed_metadata, None, None, None,
                            x.data_ptr(), y.data_ptr(), 16, 1.0, 16, False)
     monkeypatch.setattr(triton, "__version__", "3.7.0")  # another layout: its __call__
-    assert plans._direct_launch(Launcher36()) is None
+    assert plans._direct_launch(launcher36) is None
 
 
 def test_entry_points_inline_positional_shapes_and_hand_traced_calls_to_the_custom_op(fake):
@@ -320,18 +311,8 @@ def test_replays_use_kernelgen_lean_launch_where_it_covers_the_kernel(fake, monk
     module, _, compiled = fake
     lean_calls, c_calls = [], []
 
-    class Launcher36:
-        global_scratch_size = profile_scratch_size = 0
-        launch_cooperative_grid = launch_pdl = False
-
-        def __call__(self, *args):
-            pass
-
-        def launch(self, *args):
-            c_calls.append(args)
-
     monkeypatch.setattr(triton, "__version__", "3.6.0")
-    monkeypatch.setattr(FakeCompiled, "run", Launcher36())
+    monkeypatch.setattr(FakeCompiled, "run", triton36_launcher(lambda *args: c_calls.append(args)))
     monkeypatch.setattr(lean_launch, "launcher", lambda: lambda *args: lean_calls.append(args))
 
     def launcher(x):
@@ -454,18 +435,8 @@ def test_replays_are_one_call_of_the_cpp_replay_where_it_covers_them(fake, monke
                 return lean_replay.MISS
             return FakeReplayModule.run(plan, stream, *(a for a in args if isinstance(a, torch.Tensor)), how="fast")
 
-    class Launcher36:
-        global_scratch_size = profile_scratch_size = 0
-        launch_cooperative_grid = launch_pdl = False
-
-        def __call__(self, *args):
-            pass
-
-        def launch(self, *args):
-            pytest.fail("Triton's C launch ran")
-
     monkeypatch.setattr(triton, "__version__", "3.6.0")
-    monkeypatch.setattr(FakeCompiled, "run", Launcher36())
+    monkeypatch.setattr(FakeCompiled, "run", triton36_launcher(lambda *args: pytest.fail("Triton's C launch ran")))
     monkeypatch.setattr(lean_launch, "launcher", lambda: lambda *args: pytest.fail("the Python replay ran"))
     monkeypatch.setattr(lean_replay, "module", lambda: FakeReplayModule)
     monkeypatch.setattr(lean_replay, "fast", FakeReplayModule.fast)
