@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -355,8 +356,17 @@ def build(cuda_include_dirs: list[str]):
 
     compile_flags, link_flags = _build_flags()
     compile_flags += [f"-I{d}" for d in cuda_include_dirs]
-    tag = hashlib.sha256("\n".join([_SOURCE, torch.__version__, sys.version, *compile_flags]).encode()).hexdigest()[:16]
+    compiler = os.environ.get("CXX", "g++")
+    found = shutil.which(compiler)
+    # the compiler is part of the key, so that a failure remembered for one is not held against another
+    identity = f"{found}:{os.stat(found).st_mtime_ns}" if found else compiler
+    tag = hashlib.sha256("\n".join([_SOURCE, torch.__version__, sys.version, identity, *compile_flags]).encode())
+    tag = tag.hexdigest()[:16]
     target = _cache_dir() / tag / f"kernelgen_lean_replay{sysconfig.get_config_var('EXT_SUFFIX')}"
+    failed = target.parent / "build-failed.txt"  # a failed build is not tried again by every later process
+    if not target.exists() and failed.exists():
+        _built["error"] = failed.read_text()
+        return None
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
@@ -364,12 +374,13 @@ def build(cuda_include_dirs: list[str]):
             src.write_text(_SOURCE)
             out = Path(tmp) / target.name
             for std in ("-std=c++20", "-std=c++17"):
-                cmd = [os.environ.get("CXX", "g++"), std, *compile_flags, str(src), "-o", str(out), *link_flags]
+                cmd = [compiler, std, *compile_flags, str(src), "-o", str(out), *link_flags]
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
                 if proc.returncode == 0:
                     break
             else:
                 _built["error"] = proc.stderr[-2000:]  # what the last try said, for whoever asks why
+                failed.write_text(_built["error"])
                 return None
             os.replace(out, target)  # atomic: a concurrent build finds a whole file or none
     loader = importlib.machinery.ExtensionFileLoader("kernelgen_lean_replay", str(target))

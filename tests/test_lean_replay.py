@@ -101,3 +101,18 @@ def test_fast_replays_a_filed_plan_and_misses_otherwise(module):
     for args in ((3, 0.25), (4, 0.5), (3,), ("x", 0.5)):
         assert module.fast(table, 0, 0, *args) is lean_replay.MISS
     assert module.fast(table, 1, 0, 3, 0.5) is lean_replay.MISS  # another current device
+
+
+def test_a_failed_build_is_remembered_and_not_tried_again(tmp_path, monkeypatch):
+    if shutil.which("g++") is None:
+        pytest.skip("no C++ compiler on this machine")
+    monkeypatch.setenv("KERNELGEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    with pytest.raises(FileNotFoundError):  # the compiler cannot even start: nothing is written
+        lean_replay.build([])
+    monkeypatch.setenv("CXX", "false")  # starts, fails
+    assert lean_replay.build([]) is None
+    (marker,) = tmp_path.glob("lean_replay/*/build-failed.txt")
+    marker.write_text("remembered")
+    lean_replay._built.pop("error", None)
+    assert lean_replay.build([]) is None and lean_replay._built["error"] == "remembered"  # not tried again
