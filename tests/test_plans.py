@@ -14,7 +14,7 @@ import pytest
 import torch
 from fake_triton import fake_kernel, triton36_launcher
 
-from kernelgen import launch, plans
+from kernelgen import launch, plan_build, plans
 
 
 @pytest.fixture
@@ -271,7 +271,7 @@ def test_triton_36_launchers_are_called_at_their_c_launch(fake, monkeypatch):
     assert c_calls[-1] == (3, 1, 1, 777, c.function, False, True, None, None, c.packed_metadata, None, None, None,
                            x.data_ptr(), y.data_ptr(), 16, 1.0, 16, False)
     monkeypatch.setattr(triton, "__version__", "3.7.0")  # another layout: its __call__
-    assert plans._direct_launch(launcher36) is None
+    assert plan_build._direct_launch(launcher36) is None
 
 
 def test_entry_points_inline_positional_shapes_and_hand_traced_calls_to_the_custom_op(fake):
