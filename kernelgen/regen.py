@@ -5,8 +5,9 @@ each op that fails there, or passes but is slower than eager, and tries, in orde
 
 1. re-tune: launch parameters from the backend's `tuning_space()` that the op's launcher accepts, and a
    smaller `max_block`; the winner is written as `tune/<backend>.json`;
-2. regenerate: the op's request (or description) through the composer, and the LLM when configured with
-   the failing verdict; the winner is written as `variants/<backend>/kernel.py`.
+2. regenerate: the op's own reference through the deterministic generator (as `kernelgen new` lowers a
+   reference), its request (or description) through the composer, and the LLM when configured with the
+   failing verdict; the winner is written as `variants/<backend>/kernel.py`.
 
 Every candidate is verified in a staged copy of the op folder (never the op itself), so a failed attempt
 leaves no trace; a winner's files are then moved in and its verdict becomes the record. Only this
@@ -204,13 +205,44 @@ def _verdict_text(backend, verdict: Verdict, why: str) -> str:
             f"calls them; a launcher taking `max_block` gets max_block={backend.max_block_size} from the tuning)")
 
 
+def _reference_source(op: Op, notes: list[str]) -> str | None:
+    """The deterministic generator's kernel for the op's own reference (the path `kernelgen new` takes: trace
+    the reference, lower it, write the kernel from the templates), or None with a note when no template fits."""
+    from kernelgen.codegen.from_reference import generate
+    from kernelgen.frontends.reference import Reference
+
+    spec = op.spec
+    assert spec is not None
+    ref = Reference(request=spec.request or spec.description, origin="spec", source=spec.reference,
+                    inputs=list(spec.inputs), outputs=list(spec.outputs), test_shapes=list(spec.test_shapes),
+                    bench_shapes=list(spec.bench_shapes), name=op.name, row_dim=spec.row_dim, col_dim=spec.col_dim,
+                    dtypes=list(spec.dtypes))
+    try:
+        gen = generate(ref, op.name)
+    except Exception as exc:  # noqa: BLE001 - a reference the generator cannot take: the other candidates remain
+        notes.append(f"reference: cannot generate ({type(exc).__name__}: {str(exc)[:120]})")
+        return None
+    if not gen.lowered:
+        notes.append(f"reference: no kernel template fits ({gen.refusal[:120]})")
+        return None
+    source = gen.kernel_source
+    if gen.spec.function != spec.function:  # the op's spec names the launcher
+        source += f"\n\n{spec.function} = {gen.spec.function}\n"
+    return source
+
+
 def _regen_sources(op: Op, backend, verdict: Verdict, why: str, use_llm: bool,
                    notes: list[str]) -> list[tuple[str, str]]:
-    """(label, kernel source) candidates for a variant: the composer's, then the LLM's."""
+    """(label, kernel source) candidates for a variant: the generator's kernel for the op's reference, the
+    composer's for its request, then the LLM's."""
     assert op.spec is not None
     out: list[tuple[str, str]] = []
     request = op.spec.request or op.spec.description
     from kernelgen.frontends.composer import ComposeError, compose
+
+    generated = _reference_source(op, notes)
+    if generated is not None:
+        out.append(("reference", generated))
 
     try:
         comp = compose(request, name=op.name)

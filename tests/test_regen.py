@@ -322,3 +322,23 @@ def test_ray_executor_gives_the_local_verdicts(interpreter, tmp_path):
     assert [v.source_hash for v in remote] == [v.source_hash for v in local]
     assert load_op(folders[0]).record("interpreter")["passed"] is True  # written by the driver
     assert load_op(folders[1]).record("interpreter")["passed"] is False
+
+
+def test_regen_candidates_start_from_the_ops_own_reference():
+    """regen's first candidate is what `kernelgen new` would generate from the op's reference (trace, lower,
+    templates), named as the op's spec names its launcher; a reference no template fits gives a note saying
+    why (softmax's `dim` decides what is computed, so it cannot be a kernel argument)."""
+    import ast
+
+    from kernelgen.regen import _reference_source
+
+    notes: list[str] = []
+    op = load_op(builtin_library() / "ops" / "rms_norm")
+    source = _reference_source(op, notes)
+    assert source is not None and notes == []
+    defined = {n.name for n in ast.parse(source).body if isinstance(n, ast.FunctionDef)}
+    defined |= {t.id for n in ast.parse(source).body if isinstance(n, ast.Assign) for t in n.targets
+                if isinstance(t, ast.Name)}
+    assert op.spec.function in defined
+    assert _reference_source(load_op(builtin_library() / "ops" / "softmax"), notes) is None
+    assert len(notes) == 1 and "scalar input dim decides what the reference computes" in notes[0]

@@ -39,7 +39,7 @@ from kernelgen.codegen.lower_ops import (
     shape_of,
     whole_slice,
 )
-from kernelgen.codegen.trace import Trace, op_name
+from kernelgen.codegen.trace import Trace, TraceError, op_name
 from kernelgen.frontends.reference import Reference
 
 ALIASES = ("aten.clone.default", "aten.alias.default", "aten.detach.default", "aten.contiguous.default")
@@ -76,15 +76,28 @@ def _check_scalars(g: FusionGraph, ref: Reference) -> None:
 
     if not any(i.kind != "tensor" for i in ref.inputs):
         return
-    # an odd shift, unlikely to land on a constant of the reference
     moved = dataclasses.replace(ref, inputs=[i if i.kind == "tensor" else dataclasses.replace(
-        i, value=float(i.value) * 1.3719 + 0.7313) for i in ref.inputs])
-    other = _Lowering(trace_reference(moved), moved).run()
+        i, value=_another_value(i.kind, i.value)) for i in ref.inputs])
+    names = [i.name for i in ref.inputs if i.kind != "tensor"]
+    names = names[0] if len(names) == 1 else names
+    try:
+        other = _Lowering(trace_reference(moved), moved).run()
+    except (TraceError, LoweringError) as exc:  # another value changes what runs (a dim, a flag)
+        raise LoweringError(f"scalar input {names} decides what the reference computes ({exc}), so it cannot be "
+                            "a kernel argument: no template takes it") from None
     if other.describe() != g.describe():
-        names = [i.name for i in ref.inputs if i.kind != "tensor"]
-        raise LoweringError(f"scalar input {names[0] if len(names) == 1 else names} does not reach the kernel as "
+        raise LoweringError(f"scalar input {names} does not reach the kernel as "
                             "an argument (a constant computed from it, or another constant of the same value): "
                             "no template takes it")
+
+
+def _another_value(kind: str, value):
+    """A value of the same kind as a scalar input's, unlikely to equal a constant of the reference."""
+    if kind == "bool":
+        return not value
+    if kind == "int":
+        return int(value) + 1  # an int stays an int: a dim, a count
+    return float(value) * 1.3719 + 0.7313  # an odd shift
 
 
 class _Lowering:

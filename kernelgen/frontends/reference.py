@@ -17,7 +17,7 @@ from typing import Any
 
 from kernelgen.spec import InputSpec
 
-ORIGINS = ("words", "formula", "file", "kernelbench", "aten", "llm")
+ORIGINS = ("words", "formula", "file", "kernelbench", "aten", "llm", "spec")  # spec: an op's spec.toml
 
 
 @dataclass
