@@ -88,6 +88,7 @@ class Op:
     path: Path
     spec: OpSpec | None = None
     error: str = ""
+    broken_file: str = ""  # when broken: "spec.toml" or "kernel.py", the file at fault
     _modules: dict[str, types.ModuleType] = field(default_factory=dict, repr=False)
 
     @property
@@ -234,11 +235,15 @@ def load_op(path: Path) -> Op:
         op.spec = load_spec(path / "spec.toml")
         if op.spec.name != path.name:
             raise SpecError(f"{path / 'spec.toml'}: field 'name' is {op.spec.name!r} but the folder is {path.name!r}")
+    except SpecError as exc:
+        op.spec, op.error, op.broken_file = None, str(exc), "spec.toml"
+        return op
+    try:
         if not op.kernel_path.is_file():
             raise SpecError(f"{path}: kernel.py is missing")
         _check_syntax(op.kernel_path)
     except SpecError as exc:
-        op.spec, op.error = None, str(exc)
+        op.spec, op.error, op.broken_file = None, str(exc), "kernel.py"
     return op
 
 

@@ -605,3 +605,26 @@ def test_unknown_words_of_a_long_request_are_named_once_in_a_short_line():
     assert res.exit_code == 2
     line = one_line(res.stderr)
     assert len(line) < 400 and line.count("'frobnicate'") == 1 and line.count("'wibble'") == 1
+
+
+def test_a_broken_folder_fails_the_check_of_the_file_at_fault(tmp_path):
+    """load_op names the file that broke the folder; the verdict's check follows it, whatever the message says:
+    a spec that does not validate is "spec" (even when kernel.py is missing too), a kernel that does not parse
+    or is missing is "static"."""
+    from kernelgen.verify.sandbox import static_verdict
+
+    lib = tmp_path / "lib"
+    bad_spec = copy_op("softmax", lib, "zz_bad_spec")
+    text = (bad_spec / "spec.toml").read_text()
+    (bad_spec / "spec.toml").write_text(text.replace('dtypes = ["float32"', 'dtypes = ["kernel.py"', 1))
+    (bad_spec / "kernel.py").unlink()
+    bad_kernel = copy_op("softmax", lib, "zz_bad_kernel")
+    (bad_kernel / "kernel.py").write_text("def oops(:\n")
+    no_kernel = copy_op("softmax", lib, "zz_no_kernel")
+    (no_kernel / "kernel.py").unlink()
+    expected = {bad_spec: ("spec.toml", "spec"), bad_kernel: ("kernel.py", "static"),
+                no_kernel: ("kernel.py", "static")}
+    for folder, (file, check) in expected.items():
+        op = load_op(folder)
+        assert op.broken and op.broken_file == file, (folder.name, op.error)
+        assert static_verdict(folder, "interpreter").check == check, folder.name

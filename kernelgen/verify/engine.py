@@ -64,7 +64,7 @@ def verify_folder(
     if op.broken:  # a spec.toml that does not validate is the spec's failure; a broken kernel.py, static
         from kernelgen.verify.sandbox import broken_check
 
-        return Verdict.fail(name, backend_name, broken_check(folder, op.error), op.error, **base), False
+        return Verdict.fail(name, backend_name, broken_check(op), op.error, **base), False
     spec = op.spec
     base["source_hash"] = op.source_hash(backend_name)
     base["tolerances"] = specrules.widened(spec)

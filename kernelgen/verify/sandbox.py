@@ -106,12 +106,10 @@ def require_sandbox(backend: str) -> None:
         raise SandboxUnavailable(problem)
 
 
-def broken_check(folder: Path, error: str) -> str:
+def broken_check(op) -> str:
     """The check a broken op folder fails: "static" for a missing or unparsable kernel.py (the candidate's
-    code), "spec" for a spec.toml that does not validate."""
-    kernel = folder / "kernel.py"
-    return "static" if not kernel.is_file() or error.startswith(str(kernel)) or "kernel.py" in error.split(":")[0] \
-        else "spec"
+    code), "spec" for a spec.toml that does not validate (the file load_op found at fault)."""
+    return "static" if op.broken_file == "kernel.py" else "spec"
 
 
 def static_verdict(folder: Path, backend: str, candidate: str = "") -> Verdict | None:
@@ -119,7 +117,7 @@ def static_verdict(folder: Path, backend: str, candidate: str = "") -> Verdict |
     is missing or its code (or the reference) fails the static check."""
     op = load_op(folder)
     if op.broken:
-        return Verdict.fail(folder.name, backend, broken_check(folder, op.error), op.error,
+        return Verdict.fail(folder.name, backend, broken_check(op), op.error,
                             candidate=candidate or folder.name)
     assert op.spec is not None
     kernel = op.kernel_path_for(backend)
