@@ -142,6 +142,9 @@ def enable(
             raise RuntimeError(f"backend {be.name!r} is not available on this machine")
     disable(be.name)
     be.prepare()
+    from kernelgen import lean_replay
+
+    lean_replay.prefetch(be.device)
     ops = discover(library)
     known = {o.name for o in ops}
     unknown = sorted(set(include or []) - known) + sorted(set(exclude or []) - known)

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 from pathlib import Path
 
 from kernelgen.lean_launch import DRIVER
@@ -391,12 +392,22 @@ def build(cuda_include_dirs: list[str]):
     return module
 
 
+_lock = threading.Lock()  # one build at a time; a caller waits for one in progress (prefetch's)
+
+
 def module():
-    """The compiled module, built on first use; None when off, not on Triton 3.6's CUDA driver, or not
-    buildable here."""
+    """The compiled module, built on first use (or waited for, when `prefetch` started the build); None when
+    off, not on Triton 3.6's CUDA driver, or not buildable here."""
     if "module" in _built:
         return _built["module"]
-    _built["module"] = None
+    with _lock:
+        if "module" not in _built:
+            _built["module"] = _load()
+    return _built["module"]
+
+
+def _load():
+    global fast
     if os.environ.get("KERNELGEN_LEAN_REPLAY", "1") == "0" or os.environ.get("KERNELGEN_LEAN_LAUNCH", "1") == "0":
         return None
     try:
@@ -407,13 +418,21 @@ def module():
             return None
         from triton.backends.nvidia import driver
 
-        _built["module"] = build(driver.include_dirs)
-        if _built["module"] is not None:
-            global fast
-            fast = _built["module"].fast
+        built = build(driver.include_dirs)
     except Exception as e:  # noqa: BLE001 - no compiler, no headers, another layout: replays stay in Python
-        _built["module"], _built["error"] = None, f"{type(e).__name__}: {e}"
-    return _built["module"]
+        _built["error"] = f"{type(e).__name__}: {e}"
+        return None
+    if built is not None:
+        fast = built.fast
+    return built
+
+
+def prefetch(device: str) -> None:
+    """For a CUDA backend (enable(), patch()): start building (or loading) the module in a background thread,
+    so that the first plan recorded (typically in a model's second forward) waits for less of the one-time
+    build, if any. The compiler runs in a subprocess: the thread holds no GIL while it waits."""
+    if device == "cuda" and "module" not in _built and not _lock.locked():
+        threading.Thread(target=module, name="kernelgen-lean-replay-build", daemon=True).start()
 
 
 # struct formats of the scalar type codes of kernelgen/lean_launch.py (bf16 apart: float32's upper half)

@@ -352,6 +352,9 @@ def patch(model, backend=None, policy="verified", include=None, exclude=None) ->
                       "(pass backend='interpreter' to run kernels on the CPU)", stacklevel=2)
         return {"patched": {}, "skipped": {"all": "no accelerator"}}
     be.prepare()
+    from kernelgen import lean_replay
+
+    lean_replay.prefetch(be.device)
     unpatch(model)
     wanted = {n for n in LIBRARY_OPS if (n in include if include is not None else n not in OPT_IN)
               and n not in (exclude or [])}

@@ -116,3 +116,43 @@ def test_a_failed_build_is_remembered_and_not_tried_again(tmp_path, monkeypatch)
     marker.write_text("remembered")
     lean_replay._built.pop("error", None)
     assert lean_replay.build([]) is None and lean_replay._built["error"] == "remembered"  # not tried again
+
+
+def test_prefetch_builds_once_in_the_background_and_module_waits_for_it(monkeypatch):
+    """enable()/patch() on CUDA start the build early; the first plan recorded waits for that same build
+    instead of starting another; other backends start nothing."""
+    import threading
+    import types
+
+    import triton
+
+    builds, release, built = [], threading.Event(), types.SimpleNamespace(fast="its fast()")
+
+    def slow_build(include_dirs):
+        builds.append(threading.current_thread().name)
+        release.wait(10)
+        return built
+
+    monkeypatch.setattr(lean_replay, "_built", {})
+    monkeypatch.setattr(lean_replay, "fast", None)
+    monkeypatch.setattr(lean_replay, "build", slow_build)
+    monkeypatch.setattr(triton, "__version__", "3.6.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("KERNELGEN_LEAN_REPLAY", raising=False)
+    monkeypatch.delenv("KERNELGEN_LEAN_LAUNCH", raising=False)
+    lean_replay.prefetch("cpu")
+    assert builds == [] and "module" not in lean_replay._built
+    lean_replay.prefetch("cuda")
+    for _ in range(200):  # the background thread has started building
+        if builds:
+            break
+        threading.Event().wait(0.01)
+    lean_replay.prefetch("cuda")  # a second prefetch while building starts nothing
+    waiter = threading.Thread(target=lambda: builds.append(("got", lean_replay.module())))
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive()  # module() waits for the build in progress
+    release.set()
+    waiter.join(5)
+    assert builds == ["kernelgen-lean-replay-build", ("got", built)] and lean_replay.module() is built
+    assert lean_replay.fast == "its fast()"
