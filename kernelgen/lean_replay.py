@@ -10,15 +10,15 @@ buffer the call returns (or all of them, for Python to build the result from).
 A plan that returns one buffer is also filed under the call's signature in bytes, computed in C++ (the same
 properties as plans.py's key: each tensor's dtype, shape, strides, device and 16-byte alignment, and the
 value of each None, bool, int or float argument and of each tuple or list of ints; any other argument has
-no such signature). `fast(table,
-device, stream, *args)` computes that signature, looks it up and replays, all in one C++ call, so a planned
-call's Python is its replay conditions and this call.
+no such signature). `fast(table, device, stream, *args)` computes that signature, looks it up and replays,
+all in one C++ call, so a planned call's Python is its replay conditions and this call.
 
 It covers the plans whose every launch the lean C launch covers (kernelgen/lean_launch.py: one CTA per
 program, no cooperative grid, PDL or scratch, plain parameter types) and whose pointers all lie in arguments
 or allocations. The module is compiled once per machine against the installed torch (a C++ compiler and
-torch's headers; about 10 s) and cached; where it cannot be built, replays stay in Python.
-KERNELGEN_LEAN_REPLAY=0 turns it off (KERNELGEN_LEAN_LAUNCH=0 too).
+torch's headers; about 15 s, started in the background by enable() and patch() on CUDA) and cached; where
+it cannot be built, replays stay in Python. KERNELGEN_LEAN_REPLAY=0 turns it off (KERNELGEN_LEAN_LAUNCH=0
+too).
 """
 
 from __future__ import annotations
