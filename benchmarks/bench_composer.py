@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ops import RESULTS, _us, _x, update_section  # noqa: E402
+from bench_ops import RESULTS, _us, _x, save_or_apply, update_section  # noqa: E402
 
 SECTION = "bench_composer"
 # The requests kernelgen must handle with no LLM (rotary is reused from the library, not composed).
@@ -104,11 +104,7 @@ def main() -> None:
         update_section(RESULTS, SECTION, render(json.loads(args.apply.read_text())))
         return
     bundle = run(REQUESTS, args.trials)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "bench_composer.json").write_text(json.dumps(bundle, indent=1, default=str))
-    else:
-        update_section(RESULTS, SECTION, render(bundle))
+    save_or_apply(bundle, args.out, SECTION, lambda b: update_section(RESULTS, SECTION, render(b)))
     print(render(bundle))
 
 

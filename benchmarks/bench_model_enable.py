@@ -358,13 +358,9 @@ def main() -> None:
     if args.tiny:
         args.rep_ms, args.warmup_ms, args.rounds = min(args.rep_ms, 50), min(args.warmup_ms, 10), 1
     bundle = run(args)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "bench_model_enable.json").write_text(json.dumps(bundle, indent=1, default=str))
-    else:
-        from bench_ops import update_section
+    from bench_ops import save_or_apply, update_section
 
-        update_section(RESULTS, SECTION, render(bundle))
+    save_or_apply(bundle, args.out, SECTION, lambda b: update_section(RESULTS, SECTION, render(b)))
     print(render(bundle))
 
 

@@ -115,6 +115,16 @@ def render(bundle: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def save_or_apply(bundle: dict, out: Path | None, name: str, apply) -> None:
+    """A run's result: written as OUT/<name>.json when --out is given (measured on the GPU machine, applied
+    elsewhere with --apply), else applied to RESULTS.md right away by apply(bundle)."""
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{name}.json").write_text(json.dumps(bundle, indent=1, default=str))
+    else:
+        apply(bundle)
+
+
 def update_section(path: Path, name: str, body: str) -> None:
     """Replace (or append) the block between this section's markers, leaving other sections alone."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
@@ -140,11 +150,7 @@ def main() -> None:
         apply(json.loads(args.apply.read_text()))
         return
     bundle = run(args.ops, args.backend, args.trials)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "bench_ops.json").write_text(json.dumps(bundle, indent=1, default=str))
-    else:
-        apply(bundle)
+    save_or_apply(bundle, args.out, "bench_ops", apply)
     print(render(bundle))
 
 
