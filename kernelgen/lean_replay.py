@@ -48,6 +48,8 @@ _SOURCE = r"""
 #include <cstring>
 #include <vector>
 
+#define MAX_PARAMS 96  // a launch's parameters, checked when a plan is made (lean_launch.py's bound too)
+
 """ + DRIVER + r"""
 struct Alloc { int like; std::vector<int64_t> shape, stride; at::ScalarType dtype; bool zeroed; };
 struct Param { int tensor; int64_t offset; uint64_t bits; };  // tensor -1: a scalar, its bytes in bits
@@ -116,6 +118,11 @@ static PyObject* make(PyObject*, PyObject* args) {
       }
       l.params.push_back(p);
     }
+    if (l.params.size() > MAX_PARAMS) {
+      PyErr_SetString(PyExc_ValueError, "make: a launch has too many parameters");
+      delete plan;
+      return nullptr;
+    }
     plan->launches.push_back(std::move(l));
   }
   if (out >= (int)plan->allocs.size()) {
@@ -147,24 +154,29 @@ static PyObject* replay(Plan* plan, CUstream stream, PyObject* const* inputs, Py
       if (a.zeroed) b.zero_();
       tensors.push_back(std::move(b));
     }
+    bool context_checked = false;  // once per call, before the first launch that runs
+    uint64_t storage[MAX_PARAMS + 2];
+    void* params[MAX_PARAMS + 2];
     for (const Launch& l : plan->launches) {
-      std::vector<uint64_t> storage(l.params.size() + 2, 0);  // + Triton's global and profile scratch: none
-      std::vector<void*> params(l.params.size() + 2);
-      for (size_t j = 0; j < l.params.size(); j++) {
+      size_t n_params = l.params.size();
+      for (size_t j = 0; j < n_params; j++) {
         const Param& p = l.params[j];
         storage[j] = p.tensor < 0 ? p.bits : (uint64_t)(uintptr_t)tensors[p.tensor].data_ptr() + (uint64_t)p.offset;
         params[j] = &storage[j];
       }
-      params[l.params.size()] = &storage[l.params.size()];
-      params[l.params.size() + 1] = &storage[l.params.size() + 1];
+      storage[n_params] = storage[n_params + 1] = 0;  // Triton's global and profile scratch pointers: none
+      params[n_params] = &storage[n_params];
+      params[n_params + 1] = &storage[n_params + 1];
       if ((uint64_t)l.gx * l.gy * l.gz == 0) continue;
-      CUcontext ctx = nullptr;
-      if (ctx_get_current(&ctx) != CUDA_SUCCESS || ctx == nullptr) {
-        PyErr_SetString(PyExc_RuntimeError, "kernelgen lean replay: no current CUDA context");
-        return nullptr;
+      if (!context_checked) {
+        CUcontext ctx = nullptr;
+        if (ctx_get_current(&ctx) != CUDA_SUCCESS || ctx == nullptr) {
+          PyErr_SetString(PyExc_RuntimeError, "kernelgen lean replay: no current CUDA context");
+          return nullptr;
+        }
+        context_checked = true;
       }
-      CUresult err = launch_kernel(l.function, l.gx, l.gy, l.gz, l.threads, 1, 1, l.shared, stream, params.data(),
-                                   nullptr);
+      CUresult err = launch_kernel(l.function, l.gx, l.gy, l.gz, l.threads, 1, 1, l.shared, stream, params, nullptr);
       if (err != CUDA_SUCCESS) {
         const char* text = "unknown error";
         error_string(err, &text);

@@ -56,6 +56,8 @@ def test_malformed_plans_and_calls_are_refused(module):
         module.make(1, 0, 3, allocs, ())  # the output names no allocation
     with pytest.raises(ValueError):
         module.make(1, 0, 0, allocs, ((1, 1, 1, 0, 32, 0, ((5, 0, 0),)),))  # a parameter names no tensor
+    with pytest.raises(ValueError):
+        module.make(1, 0, 0, allocs, ((1, 1, 1, 0, 32, 0, ((0, 0, 0),) * 97),))  # more parameters than it holds
     with pytest.raises(TypeError):
         module.make(1, 0, 0, ((0, (4,), (1,), "float32", False),), ())  # a dtype that is not a torch.dtype
 
