@@ -9,28 +9,17 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
+from test_decode_attention import TOL, _cache_views
+from test_decode_attention import _reference as attention_reference
 from test_patch import TINY, L, build
 
 from kernelgen.library import get_op
 
-TOL = {torch.float32: (1e-5, 1.3e-6), torch.bfloat16: (1.6e-2, 1e-2)}
-
 
 def _reference(q, k_cache, v_cache, k_new, v_new, scale):
+    """SDPA (float64) over the concatenated caches, and the concatenations themselves."""
     k, v = torch.cat((k_cache, k_new), 2), torch.cat((v_cache, v_new), 2)
-    Sq, S = q.shape[-2], k.shape[-2]
-    visible = torch.ones(Sq, S, dtype=torch.bool).tril(S - Sq)
-    out = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=visible, scale=scale,
-                                         enable_gqa=True)
-    return out, k, v
-
-
-def _views(gen, B, Hkv, S, D, dtype):
-    """A slice of a wider buffer, and a [B, S, Hkv, D + 5] buffer seen as [B, Hkv, S, D]."""
-    a = torch.randn(B, Hkv, S + 9, D + 8, generator=gen).to(dtype)[:, :, 4:S + 4, 3:D + 3]
-    b = torch.randn(B, S, Hkv, D + 5, generator=gen).to(dtype)[..., :D].transpose(1, 2)
-    return a, b
+    return attention_reference(q, k, v, scale), k, v
 
 
 CASES = [  # B, Hq, Hkv, Sq, S, D, launch options
@@ -50,8 +39,8 @@ def test_append_matches_cat_then_sdpa(B, Hq, Hkv, Sq, S, D, opts, dtype, rng_see
     fused = get_op("decode_attention_append").launcher()
     gen = torch.Generator().manual_seed(rng_seed)
     q = torch.randn(B, Hq, Sq, D, generator=gen).to(dtype)
-    k_cache, v_cache = _views(gen, B, Hkv, S, D, dtype)
-    k_new, v_new = _views(gen, B, Hkv, Sq, D, dtype)
+    k_cache, v_cache = _cache_views(gen, B, Hkv, S, D, dtype)
+    k_new, v_new = _cache_views(gen, B, Hkv, Sq, D, dtype)
     out, k_all, v_all = fused(q, k_cache, v_cache, k_new, v_new, **opts)
     want_out, want_k, want_v = _reference(q, k_cache, v_cache, k_new, v_new, 1 / math.sqrt(D))
     assert torch.equal(k_all, want_k) and torch.equal(v_all, want_v)  # the append is a copy: exact
