@@ -622,8 +622,11 @@ def test_a_broken_folder_fails_the_check_of_the_file_at_fault(tmp_path):
     (bad_kernel / "kernel.py").write_text("def oops(:\n")
     no_kernel = copy_op("softmax", lib, "zz_no_kernel")
     (no_kernel / "kernel.py").unlink()
+    # a candidate whose broken line reads like a spec problem, to be filed as the spec's failure
+    posing = copy_op("softmax", lib, "zz_posing")
+    (posing / "kernel.py").write_text(f"{posing / 'spec.toml'}: field 'dtypes' (:\n")
     expected = {bad_spec: ("spec.toml", "spec"), bad_kernel: ("kernel.py", "static"),
-                no_kernel: ("kernel.py", "static")}
+                no_kernel: ("kernel.py", "static"), posing: ("kernel.py", "static")}
     for folder, (file, check) in expected.items():
         op = load_op(folder)
         assert op.broken and op.broken_file == file, (folder.name, op.error)
