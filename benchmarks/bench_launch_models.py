@@ -18,7 +18,9 @@ Parts (each bounded in time, each can run alone with --part; all by default, in 
            each as a ratio to eager measured in the same process, the best of 5 interleaved rounds
            (benchmarks/host_profile.py breaks one launch into its pieces);
 - device:  GPU time of one call at 16x4096 (and 4096x4096) bf16 by replaying a CUDA graph of the call after
-           an L2 flush (no host cost in it), eager vs ours;
+           an L2 flush (no host cost in it), eager vs ours (and ours through enable()); at 16x4096 also that
+           a captured call of ours (pre-fetched, and through enable()) replays correctly on fresh input values,
+           against eager ATen;
 - kernels: softmax and log_softmax at 4096x32000 and rotary_embedding at 16K tokens (32/8 heads, D 128) as a
            fraction of the measured copy bandwidth: ours, eager, torch.compile, Liger (if importable); plus
            a sweep of the launch constants of those kernels, to pick defaults from;
@@ -69,9 +71,8 @@ def host_us(fn, device, calls=2000, warmup=50) -> float:
     return (time.perf_counter() - t0) / calls * 1e6
 
 
-def graph_device_us(fn, reps=100) -> float:
-    """Median GPU time of one call: a CUDA graph of the call replayed after a 256 MB L2 flush, timed with
-    events around the replay (the flush gives the host time to enqueue the replay, so no host gap)."""
+def _capture(fn):
+    """(a CUDA graph of one call of fn, after warm-up calls on a side stream; the call's static output)."""
     import torch
 
     side = torch.cuda.Stream()
@@ -83,7 +84,16 @@ def graph_device_us(fn, reps=100) -> float:
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        fn()
+        out = fn()
+    return graph, out
+
+
+def graph_device_us(fn, reps=100) -> float:
+    """Median GPU time of one call: a CUDA graph of the call replayed after a 256 MB L2 flush, timed with
+    events around the replay (the flush gives the host time to enqueue the replay, so no host gap)."""
+    import torch
+
+    graph, _ = _capture(fn)
     flush = torch.empty(64 * 1024 * 1024, dtype=torch.int32, device="cuda")
     events = []
     for _ in range(reps):
@@ -198,7 +208,7 @@ def _kernel_identity() -> dict:
 
 
 # ---- host and device -----------------------------------------------------------------------------------------
-def _small_calls(device, M, N):
+def _small_calls(device, M, N, with_inputs=False):
     import torch
     import torch.nn.functional as F
 
@@ -211,7 +221,7 @@ def _small_calls(device, M, N):
     a, b = torch.randn(M, N, device=device, generator=g).to(dt), torch.randn(M, N, device=device, generator=g).to(dt)
     rms, soft = kernelgen.ops.rms_norm.launcher, kernelgen.ops.softmax.launcher
     silu = kernelgen.ops.silu_and_mul.launcher
-    return {
+    calls = {
         # "dispatcher": the same ATen op called by its torch.* name, which no functional route covers
         "rms_norm": {"eager": lambda: F.rms_norm(x, (N,), w, 1e-6),
                      "ops_written_out": lambda: kernelgen.ops.rms_norm(x, w, 1e-6),
@@ -222,6 +232,8 @@ def _small_calls(device, M, N):
         "silu_and_mul": {"eager": lambda: F.silu(a) * b, "ops_written_out": lambda: kernelgen.ops.silu_and_mul(a, b),
                          "prefetched": lambda: silu(a, b)},
     }
+    # with_inputs: also each op's input tensors, for a check that refills them
+    return (calls, {"rms_norm": [x, w], "softmax": [x], "silu_and_mul": [a, b]}) if with_inputs else calls
 
 
 def part_host(device, backend, tiny, quick) -> dict:
@@ -259,23 +271,50 @@ def part_host(device, backend, tiny, quick) -> dict:
     return out
 
 
+def replay_check(graph, static, inputs, reference) -> dict:
+    """Give a captured call's input tensors fresh random values and replay its graph: the replay's output
+    (static) against reference() (eager ATen on the new values), and whether the replay changed it at all."""
+    import torch
+
+    before = static.clone()
+    for t in inputs:
+        t.copy_(torch.randn(t.shape, device=t.device).to(t.dtype))
+    graph.replay()
+    torch.cuda.synchronize()
+    want = reference()
+    return {"max_abs_err": (static.float() - want.float()).abs().max().item(),
+            "close": bool(torch.allclose(static.float(), want.float(), atol=1.6e-2, rtol=1e-2)),
+            "output_changed": not torch.equal(static, before)}
+
+
 def part_device(device, backend, tiny, quick) -> dict:
+    """GPU time of one call in a CUDA graph, eager vs ours (and ours through enable()); at 16x4096 also that a
+    captured call of ours replays correctly on new input values (`replay_check`, against eager ATen)."""
     if device != "cuda":
         return {"skipped": "CUDA graphs need a GPU"}
+    import kernelgen
+
     out = {}
     for M, N in ((16, 4096), (4096, 4096)):
-        for op, fns in _small_calls(device, M, N).items():
+        calls, inputs = _small_calls(device, M, N, with_inputs=True)
+        for op, fns in calls.items():
             row = {mode: graph_device_us(fns[mode]) for mode in ("eager", "prefetched")}
+            captured = {"prefetched": _capture(fns["prefetched"])} if M == 16 else {}
             if op != "silu_and_mul":  # the ATen override captured into a graph too
-                import kernelgen
-
                 kernelgen.enable(backend=backend, policy="all", include=[op])
                 try:
                     row["through_enable"] = graph_device_us(fns["eager"])
+                    if M == 16:
+                        captured["through_enable"] = _capture(fns["eager"])
                 finally:
                     kernelgen.disable()
+            # checked with nothing enabled: the graphs hold our kernels, the reference is ATen's
+            checks = {mode: replay_check(*graph, inputs[op], fns["eager"]) for mode, graph in captured.items()}
+            if checks:
+                row["replay_check"] = checks
             out[f"{op} {M}x{N}"] = row
-            print(f"device {op} {M}x{N}: eager {row['eager']:.2f} us, ours {row['prefetched']:.2f} us", flush=True)
+            print(f"device {op} {M}x{N}: eager {row['eager']:.2f} us, ours {row['prefetched']:.2f} us"
+                  + (f", replays {checks}" if checks else ""), flush=True)
     return out
 
 
